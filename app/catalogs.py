@@ -1,0 +1,318 @@
+"""Reading, validating and writing halo/galaxy tables (CSV, Parquet, HDF5).
+
+Column names are mapped onto the schema in ``app.schema`` (aliases, case-insensitive, plus an
+explicit ``canonical=source`` mapping).  Every problem raises :class:`CatalogError` with one
+readable sentence naming the column and rows.  Writes are atomic: a temporary file in the
+destination directory is fsynced and renamed, so a failure never leaves a partial table.
+
+HDF5 layout written and read here: one 1-D dataset per column in a group (default: the file
+root), metadata as attributes of that group.  This is readable by h5py, and by slices, so large
+tables can be streamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from app.schema import COLUMNS, FEATURE_NAMES, SPLIT_COLUMN, SPLIT_VALUES, canonical_name
+
+Format = Literal["csv", "parquet", "hdf5"]
+RangePolicy = Literal["error", "warn", "ignore"]
+
+_EXTENSIONS: dict[str, Format] = {
+    ".csv": "csv", ".txt": "csv", ".csv.gz": "csv",
+    ".parquet": "parquet", ".pq": "parquet",
+    ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
+}
+METADATA_KEY = "galaxypaint"
+_MAX_ROWS_SHOWN = 5
+
+
+class CatalogError(ValueError):
+    """A table cannot be read, mapped or validated; the message is meant for the user."""
+
+
+def detect_format(path: str | os.PathLike[str], fmt: str | None = None) -> Format:
+    """File format from an explicit name or the file extension."""
+    if fmt:
+        f = fmt.lower()
+        if f in ("h5", "hdf"):
+            f = "hdf5"
+        if f not in ("csv", "parquet", "hdf5"):
+            raise CatalogError(f"unknown format {fmt!r}: use csv, parquet or hdf5")
+        return f  # type: ignore[return-value]
+    name = str(path).lower()
+    for ext, f in sorted(_EXTENSIONS.items(), key=lambda kv: -len(kv[0])):
+        if name.endswith(ext):
+            return f
+    raise CatalogError(f"cannot tell the format of {path}: use a .csv, .parquet or .hdf5 file (or say --format)")
+
+
+def parse_column_mapping(spec: str | Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
+    """Parse ``"M_h=logMvir,C_h=conc"`` (or a list of such items, or a dict) into {canonical: source}."""
+    if not spec:
+        return {}
+    if isinstance(spec, Mapping):
+        items = list(spec.items())
+    else:
+        parts = [spec] if isinstance(spec, str) else list(spec)
+        items = []
+        for part in parts:
+            for item in str(part).split(","):
+                if not item.strip():
+                    continue
+                if "=" not in item:
+                    raise CatalogError(f"column mapping {item!r} is not of the form NAME=SOURCE_COLUMN")
+                k, v = item.split("=", 1)
+                items.append((k.strip(), v.strip()))
+    mapping: dict[str, str] = {}
+    for k, v in items:
+        canon = canonical_name(k)
+        if canon is None:
+            raise CatalogError(f"column mapping names {k!r}, which is not a galaxypaint column "
+                               f"(known: {', '.join(COLUMNS)})")
+        mapping[canon] = v
+    return mapping
+
+
+def canonicalize(df: pd.DataFrame, mapping: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Rename columns onto the schema: explicit ``mapping`` first, then exact names, then aliases."""
+    mapping = dict(mapping or {})
+    lookup = {str(c).lower(): c for c in df.columns}
+    rename: dict[object, str] = {}
+    for canon, source in mapping.items():
+        src = source if source in df.columns else lookup.get(str(source).lower())
+        if src is None:
+            raise CatalogError(f"column {source!r} (mapped to {canon}) is not in the table; "
+                               f"it has: {', '.join(map(str, df.columns))}")
+        rename[src] = canon
+    taken = set(rename.values())
+    for col in df.columns:
+        if col in rename:
+            continue
+        if str(col) in COLUMNS or str(col) == SPLIT_COLUMN:
+            if str(col) not in taken:
+                rename[col] = str(col)
+                taken.add(str(col))
+    for col in df.columns:
+        if col in rename:
+            continue
+        canon = canonical_name(str(col))
+        if canon is not None and canon not in taken:
+            rename[col] = canon
+            taken.add(canon)
+    out = df.rename(columns={k: v for k, v in rename.items() if k != v})
+    return out
+
+
+def _bad_rows_text(rows: np.ndarray) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:_MAX_ROWS_SHOWN])
+    more = f" and {len(rows) - _MAX_ROWS_SHOWN} more" if len(rows) > _MAX_ROWS_SHOWN else ""
+    return f"row{'s' if len(rows) > 1 else ''} {shown}{more} (0-based)"
+
+
+@dataclass
+class ValidationReport:
+    """Outcome of :func:`validate`: rows checked and warnings issued (errors raise)."""
+
+    n_rows: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def validate(df: pd.DataFrame, require: Iterable[str] = FEATURE_NAMES, range_policy: RangePolicy = "error",
+             check: Iterable[str] | None = None) -> ValidationReport:
+    """Check that required columns exist, are numeric and finite, and lie in their valid ranges.
+
+    ``check`` (default: every schema column present) lists the columns whose values are checked.
+    Out-of-range values raise under ``range_policy="error"`` and are reported under ``"warn"``.
+    """
+    require = list(require)
+    missing = [c for c in require if c not in df.columns]
+    if missing:
+        raise CatalogError(f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                           f"(the table has: {', '.join(map(str, df.columns))}); "
+                           "map other names with NAME=COLUMN")
+    report = ValidationReport(n_rows=len(df))
+    names = [c for c in (check if check is not None else COLUMNS) if c in df.columns]
+    for name in names:
+        col = df[name]
+        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            values = pd.to_numeric(col, errors="coerce")
+            bad = np.flatnonzero(values.isna().to_numpy() & col.notna().to_numpy())
+            if len(bad):
+                raise CatalogError(f"column {name} is not numeric: {_bad_rows_text(bad)}, "
+                                   f"e.g. {col.iloc[bad[0]]!r}")
+            col = values
+        v = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.flatnonzero(~np.isfinite(v))
+        if len(bad):
+            raise CatalogError(f"column {name} has {len(bad)} missing or non-finite value"
+                               f"{'s' if len(bad) > 1 else ''} (NaN/inf) at {_bad_rows_text(bad)}")
+        spec = COLUMNS[name]
+        lo, hi = spec.valid
+        out = np.flatnonzero((v < lo) | (v > hi))
+        if len(out) and range_policy != "ignore":
+            msg = (f"column {name} has {len(out)} value{'s' if len(out) > 1 else ''} outside the valid range "
+                   f"[{lo:g}, {hi:g}] {spec.unit} at {_bad_rows_text(out)}, e.g. {v[out[0]]:g}")
+            if range_policy == "error":
+                raise CatalogError(msg)
+            report.warnings.append(msg)
+    if SPLIT_COLUMN in df.columns:
+        bad = np.flatnonzero(~df[SPLIT_COLUMN].astype(str).isin(SPLIT_VALUES).to_numpy())
+        if len(bad):
+            raise CatalogError(f"column {SPLIT_COLUMN} must hold {', '.join(SPLIT_VALUES)}: "
+                               f"{_bad_rows_text(bad)}, e.g. {df[SPLIT_COLUMN].iloc[bad[0]]!r}")
+    return report
+
+
+def _read_hdf5(path: Path, key: str | None) -> tuple[pd.DataFrame, dict[str, object]]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if key:
+            if key not in f:
+                raise CatalogError(f"{path} has no group {key!r} (it has: {', '.join(f.keys())})")
+            group = f[key]
+        else:
+            group = f
+            if not any(isinstance(v, h5py.Dataset) for v in f.values()):
+                groups = [k for k, v in f.items() if isinstance(v, h5py.Group)]
+                if len(groups) == 1:
+                    group = f[groups[0]]
+                else:
+                    raise CatalogError(f"{path} has no column datasets at its root; say which group "
+                                       f"holds the table (groups: {', '.join(groups) or 'none'})")
+        data: dict[str, np.ndarray] = {}
+        length: int | None = None
+        for name, ds in group.items():
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 1:
+                continue
+            arr = ds[()]
+            if arr.dtype.kind in ("S", "O"):
+                arr = np.char.decode(arr.astype("S"), "utf-8") if arr.dtype.kind == "S" else arr.astype(str)
+            if length is not None and len(arr) != length:
+                raise CatalogError(f"{path}: dataset {name} has {len(arr)} rows, others have {length}")
+            length = len(arr)
+            data[name] = arr
+        meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in group.attrs.items()}
+        if not data:
+            raise CatalogError(f"{path}: no 1-D column datasets found")
+        order = json.loads(meta["columns"]) if isinstance(meta.get("columns"), str) else []
+        data = {k: data[k] for k in [*(c for c in order if c in data), *(c for c in data if c not in order)]}
+    meta_json = meta.get(METADATA_KEY)
+    return pd.DataFrame(data), (json.loads(meta_json) if isinstance(meta_json, str) else {})
+
+
+def read_table(path: str | os.PathLike[str], mapping: Mapping[str, str] | str | None = None,
+               fmt: str | None = None, hdf5_key: str | None = None) -> pd.DataFrame:
+    """Read a CSV, Parquet or HDF5 table and map its columns onto the schema (no value checks).
+
+    Any galaxypaint metadata stored in the file is returned in ``df.attrs["galaxypaint"]``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CatalogError(f"no such file: {p}")
+    if p.is_dir():
+        raise CatalogError(f"{p} is a directory, not a table file")
+    f = detect_format(p, fmt)
+    meta: dict[str, object] = {}
+    try:
+        if f == "csv":
+            df = pd.read_csv(p)
+        elif f == "parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(p)
+            raw = (table.schema.metadata or {}).get(METADATA_KEY.encode())
+            meta = json.loads(raw) if raw else {}
+            df = table.to_pandas()
+        else:
+            df, meta = _read_hdf5(p, hdf5_key)
+    except CatalogError:
+        raise
+    except Exception as exc:  # the reader libraries' own errors, turned into one line
+        raise CatalogError(f"cannot read {p} as {f}: {exc.__class__.__name__}: {exc}".splitlines()[0]) from exc
+    if len(df) == 0:
+        raise CatalogError(f"{p} holds no rows")
+    mp = parse_column_mapping(mapping) if isinstance(mapping, str) else dict(mapping or {})
+    df = canonicalize(df, mp)
+    df.attrs[METADATA_KEY] = meta
+    return df
+
+
+def load_catalog(path: str | os.PathLike[str], require: Iterable[str] = FEATURE_NAMES,
+                 mapping: Mapping[str, str] | str | None = None, range_policy: RangePolicy = "error",
+                 fmt: str | None = None, hdf5_key: str | None = None) -> tuple[pd.DataFrame, ValidationReport]:
+    """Read and validate a table; returns it with canonical column names and the report."""
+    df = read_table(path, mapping, fmt, hdf5_key)
+    report = validate(df, require=require, range_policy=range_policy)
+    return df, report
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike[str], fmt: str | None = None,
+                metadata: Mapping[str, object] | None = None, hdf5_key: str | None = None) -> Path:
+    """Write ``df`` atomically (temp file in the same directory, fsync, rename) and return the path.
+
+    ``metadata`` (JSON-serializable) is stored in the Parquet schema or as an HDF5 attribute and
+    comes back in ``read_table(...).attrs["galaxypaint"]``; CSV files carry no metadata.
+    """
+    p = Path(path)
+    f = detect_format(p, fmt)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    meta_json = json.dumps(dict(metadata), default=str) if metadata else None
+    try:
+        if f == "csv":
+            df.to_csv(tmp, index=False)
+        elif f == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            if meta_json:
+                table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                       METADATA_KEY.encode(): meta_json.encode()})
+            pq.write_table(table, tmp, row_group_size=1_000_000)
+        else:
+            import h5py
+
+            with h5py.File(tmp, "w", track_order=True) as h5:
+                group = h5.create_group(hdf5_key, track_order=True) if hdf5_key else h5
+                group.attrs["columns"] = json.dumps([str(c) for c in df.columns])
+                for name in df.columns:
+                    values = df[name].to_numpy()
+                    if values.dtype.kind in ("O", "U", "T"):
+                        values = values.astype(str).astype("S")
+                    group.create_dataset(str(name), data=values, chunks=True if len(values) else None)
+                if meta_json:
+                    group.attrs[METADATA_KEY] = meta_json
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+        _fsync_dir(p.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return p
