@@ -1,0 +1,111 @@
+"""Exported graphs reproduce the native models (onnxruntime against scikit-learn / LightGBM / numpy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from training import onnx_export as ox
+
+lgb = pytest.importorskip("lightgbm")
+pytest.importorskip("sklearn")
+
+
+def _session(nodes, inits, n_features=5):
+    model = ox.make_model(nodes, inits, "test", {"target": "smass"}, n_features=n_features)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _run(sess, x):
+    return sess.run(None, {ox.INPUT_NAME: np.ascontiguousarray(x, dtype=np.float64)})[0].ravel()
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6000, 5))
+    y = np.sin(2 * x[:, 0]) + x[:, 1] ** 2 + 0.3 * x[:, 2] + 0.1 * rng.standard_normal(6000)
+    return x[:4000], y[:4000], x[4000:], y[4000:]
+
+
+def _threshold_probes(trees, n_features=5):
+    """Inputs sitting exactly on split thresholds and one ulp either side (the float32 trap)."""
+    thr = np.concatenate([t.threshold[t.left >= 0] for t in trees])[:600]
+    feat = np.concatenate([t.feature[t.left >= 0] for t in trees])[:600]
+    rows = []
+    for f, v in zip(feat, thr):
+        for val in (v, np.nextafter(v, -np.inf), np.nextafter(v, np.inf)):
+            r = np.zeros(n_features)
+            r[f] = val
+            rows.append(r)
+    return np.array(rows)
+
+
+def test_lightgbm_graph_matches_booster_including_at_thresholds(data):
+    xt, yt, xe, _ = data
+    booster = lgb.train({"num_leaves": 63, "learning_rate": 0.1, "verbosity": -1, "seed": 0},
+                        lgb.Dataset(xt, yt), num_boost_round=200)
+    trees = ox.lightgbm_trees(booster)
+    sess = _session(*ox.tree_ensemble_nodes(trees, ox.INPUT_NAME, ox.OUTPUT_NAME, average=False, prefix="l_",
+                                            float32_inputs=False))
+    probes = np.vstack([xe, _threshold_probes(trees)])
+    diff = np.abs(_run(sess, probes) - booster.predict(probes))
+    assert diff.max() < 1e-5  # float32 output rounding only; float32 thresholds would give ~1e-1
+
+
+def test_extra_trees_graph_matches_sklearn_including_at_thresholds(data):
+    from sklearn.ensemble import ExtraTreesRegressor
+
+    xt, yt, xe, _ = data
+    ert = ExtraTreesRegressor(n_estimators=20, min_samples_leaf=5, random_state=0).fit(xt, yt)
+    trees = ox.sklearn_trees(ert)
+    sess = _session(*ox.tree_ensemble_nodes(trees, ox.INPUT_NAME, ox.OUTPUT_NAME, average=True, prefix="e_",
+                                            float32_inputs=True))
+    probes = np.vstack([xe, _threshold_probes(trees)])
+    assert np.abs(_run(sess, probes) - ert.predict(probes)).max() < 1e-5
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_knn_graph_finds_the_same_neighbours(data, p):
+    from sklearn.neighbors import KNeighborsRegressor
+
+    xt, yt, xe, _ = data
+    ref = KNeighborsRegressor(n_neighbors=29, p=p).fit(xt, yt).predict(xe)
+    sess = _session(*ox.knn_nodes(xt, yt, 29, p, ox.INPUT_NAME, ox.OUTPUT_NAME, "k_"))
+    batch = ox.knn_max_batch_rows(len(xt), p)
+    got = np.concatenate([_run(sess, xe[i:i + batch]) for i in range(0, len(xe), batch)])
+    assert np.abs(got - ref).max() < 1e-12
+    assert _run(sess, xe[:1]).shape == (1,)
+
+
+def test_knn_rejects_bad_arguments(data):
+    xt, yt, _, _ = data
+    with pytest.raises(ValueError, match="p=1"):
+        ox.knn_nodes(xt, yt, 5, 3, "a", "b", "k_")
+    with pytest.raises(ValueError, match="only 10 training rows"):
+        ox.knn_nodes(xt[:10], yt[:10], 29, 2, "a", "b", "k_")
+
+
+def test_mlp_scaler_and_stack_graph(data):
+    _, _, xe, _ = data
+    rng = np.random.default_rng(2)
+    weights = [(rng.standard_normal((5, 8)), rng.standard_normal(8)), (rng.standard_normal((8, 1)), rng.standard_normal(1))]
+    mean, scale = rng.standard_normal(5), rng.random(5) + 0.5
+    nodes, inits = ox.scaler_nodes(mean, scale, ox.INPUT_NAME, "s")
+    n2, i2 = ox.mlp_nodes(weights, "s", "nn_out", "nn_")
+    n3, i3 = ox.linear_nodes(np.array([2.0, -1.0]), 0.5, ["nn_out", "nn_out"], ox.OUTPUT_NAME)
+    sess = _session(nodes + n2 + n3, inits + i2 + i3)
+    z = (xe - mean) / scale
+    h = np.maximum(z @ weights[0][0] + weights[0][1], 0) @ weights[1][0] + weights[1][1]
+    expected = 2.0 * h[:, 0] - 1.0 * h[:, 0] + 0.5
+    np.testing.assert_allclose(_run(sess, xe), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_fidelity_check_refuses_a_wrong_graph(data):
+    _, _, xe, _ = data
+    nodes, inits = ox.linear_nodes(np.ones(5), 0.0, [ox.INPUT_NAME], ox.OUTPUT_NAME)
+    data_bytes = ox.make_model(nodes, inits, "sum").SerializeToString()
+    assert ox.check_fidelity(data_bytes, xe, xe.sum(1)) < 1e-12
+    with pytest.raises(ox.FidelityError, match="differ by up to"):
+        ox.check_fidelity(data_bytes, xe, xe.sum(1) + 1e-3)
