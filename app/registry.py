@@ -1,0 +1,367 @@
+"""The model registry: ONNX artefacts on disk, their records in SQLite (SQLAlchemy), MLflow-style aliases.
+
+Layout of a registry directory (default ``models/``, or ``GALAXYPAINT_REGISTRY``)::
+
+    registry.sqlite                      model versions, aliases, training runs (WAL mode)
+    artefacts/<name>/v<version>.onnx     the graphs, never modified once written
+
+Publishing writes the artefact to a temporary file, fsyncs and renames it, then inserts its row in
+one transaction; loading re-hashes the file and refuses it if the sha256 differs from the record.
+Model references: ``name`` (alias ``production`` if set, else the latest version), ``name@alias``,
+``name/3`` (version 3), optionally prefixed with ``models:/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint, create_engine, event, func,
+                        select)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+DB_NAME = "registry.sqlite"
+DEFAULT_ALIAS = "production"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+class RegistryError(Exception):
+    """A registry operation failed; the message is meant for the user."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ModelVersionRow(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    target: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(32))
+    artefact: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    run_id: Mapped[str | None] = mapped_column(String(64), ForeignKey("runs.run_id"), nullable=True)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    hyperparameters: Mapped[dict] = mapped_column(JSON, default=dict)
+    seed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    data_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    package_versions: Mapped[dict] = mapped_column(JSON, default=dict)
+    feature_schema: Mapped[list] = mapped_column(JSON, default=list)
+    training_domain: Mapped[dict] = mapped_column(JSON, default=dict)
+    extra: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class AliasRow(Base):
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("name", "alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RunRow(Base):
+    __tablename__ = "runs"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    seed: Mapped[int] = mapped_column(Integer)
+    data_fingerprint: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    package_versions: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A registered model version (plain data, detached from the database session)."""
+
+    name: str
+    version: int
+    target: str
+    path: str
+    kind: str
+    artefact: Path
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    run_id: str | None
+    metrics: dict
+    hyperparameters: dict
+    seed: int | None
+    data_fingerprint: str | None
+    package_versions: dict
+    feature_schema: list
+    training_domain: dict
+    extra: dict
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["artefact"] = str(self.artefact)
+        d["created_at"] = self.created_at.isoformat()
+        d["aliases"] = list(self.aliases)
+        d["uri"] = self.uri
+        return d
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_reference(ref: str) -> tuple[str, str | None, int | None]:
+    """``[models:/]name[@alias|/version]`` -> (name, alias, version)."""
+    s = ref.strip()
+    if s.startswith("models:/"):
+        s = s[len("models:/"):]
+    alias = version = None
+    if "@" in s:
+        s, alias = s.split("@", 1)
+    elif "/" in s:
+        s, v = s.rsplit("/", 1)
+        if not v.isdigit():
+            raise RegistryError(f"model reference {ref!r}: the version after '/' must be a number")
+        version = int(v)
+    if not _NAME_RE.match(s):
+        raise RegistryError(f"model reference {ref!r}: invalid model name {s!r}")
+    return s, alias, version
+
+
+class Registry:
+    """Model versions and aliases in ``root/registry.sqlite``; artefacts under ``root/artefacts``."""
+
+    def __init__(self, root: str | os.PathLike[str], create: bool = True) -> None:
+        self.root = Path(root)
+        db = self.root / DB_NAME
+        if not create and not db.exists():
+            raise RegistryError(f"no model registry at {self.root} (train a model first, or say --registry DIR)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(f"sqlite:///{db}", future=True)
+
+        @event.listens_for(self.engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercised on every connect
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+
+        Base.metadata.create_all(self.engine)
+
+    # ------------------------------------------------------------------ helpers
+    def _to_version(self, row: ModelVersionRow, aliases: tuple[str, ...]) -> ModelVersion:
+        return ModelVersion(
+            name=row.name, version=row.version, target=row.target, path=row.path, kind=row.kind,
+            artefact=self.root / row.artefact, sha256=row.sha256, size_bytes=row.size_bytes,
+            created_at=row.created_at.replace(tzinfo=row.created_at.tzinfo or UTC), run_id=row.run_id,
+            metrics=row.metrics or {}, hyperparameters=row.hyperparameters or {}, seed=row.seed,
+            data_fingerprint=row.data_fingerprint, package_versions=row.package_versions or {},
+            feature_schema=row.feature_schema or [], training_domain=row.training_domain or {},
+            extra=row.extra or {}, aliases=aliases)
+
+    def _aliases_of(self, session: Session, name: str) -> dict[int, tuple[str, ...]]:
+        out: dict[int, list[str]] = {}
+        for a in session.scalars(select(AliasRow).where(AliasRow.name == name)):
+            out.setdefault(a.version, []).append(a.alias)
+        return {v: tuple(sorted(al)) for v, al in out.items()}
+
+    # ------------------------------------------------------------------ runs
+    def record_run(self, run_id: str, seed: int, data_fingerprint: str, config: dict, metrics: dict,
+                   package_versions: dict) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.merge(RunRow(run_id=run_id, created_at=datetime.now(UTC), seed=seed,
+                           data_fingerprint=data_fingerprint, config=config, metrics=metrics,
+                           package_versions=package_versions))
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        with Session(self.engine) as s:
+            row = s.get(RunRow, run_id)
+            if row is None:
+                raise RegistryError(f"no training run {run_id!r} in {self.root}")
+            return {"run_id": row.run_id, "created_at": row.created_at.isoformat(), "seed": row.seed,
+                    "data_fingerprint": row.data_fingerprint, "config": row.config, "metrics": row.metrics,
+                    "package_versions": row.package_versions}
+
+    def list_runs(self) -> list[str]:
+        with Session(self.engine) as s:
+            return list(s.scalars(select(RunRow.run_id).order_by(RunRow.created_at)))
+
+    # ------------------------------------------------------------------ publish
+    def publish(self, name: str, model_bytes: bytes, *, target: str, path: str, kind: str,
+                metrics: dict | None = None, hyperparameters: dict | None = None, seed: int | None = None,
+                data_fingerprint: str | None = None, package_versions: dict | None = None,
+                feature_schema: list | None = None, training_domain: dict | None = None,
+                run_id: str | None = None, extra: dict | None = None,
+                aliases: tuple[str, ...] = ()) -> ModelVersion:
+        """Store ``model_bytes`` as the next version of ``name`` (atomically) and return it."""
+        if not _NAME_RE.match(name):
+            raise RegistryError(f"invalid model name {name!r}")
+        digest = hashlib.sha256(model_bytes).hexdigest()
+        art_dir = self.root / "artefacts" / name
+        art_dir.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(5):
+            with Session(self.engine) as s:
+                latest = s.scalar(select(func.max(ModelVersionRow.version)).where(ModelVersionRow.name == name))
+            version = (latest or 0) + 1
+            rel = Path("artefacts") / name / f"v{version}.onnx"
+            final = self.root / rel
+            if final.exists():  # left by a publish that failed after the rename: never overwrite
+                continue
+            fd, tmp = tempfile.mkstemp(prefix=f".v{version}.", suffix=".tmp", dir=art_dir)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(model_bytes)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.link(tmp, final)  # fails if another writer took this version's file
+            except FileExistsError:
+                continue
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+            try:
+                with Session(self.engine) as s, s.begin():
+                    row = ModelVersionRow(
+                        name=name, version=version, target=target, path=path, kind=kind, artefact=str(rel),
+                        sha256=digest, size_bytes=len(model_bytes), created_at=datetime.now(UTC), run_id=run_id,
+                        metrics=metrics or {}, hyperparameters=hyperparameters or {}, seed=seed,
+                        data_fingerprint=data_fingerprint, package_versions=package_versions or {},
+                        feature_schema=feature_schema or [], training_domain=training_domain or {},
+                        extra=extra or {})
+                    s.add(row)
+                    for alias in aliases:
+                        self._set_alias(s, name, alias, version)
+            except IntegrityError:
+                final.unlink(missing_ok=True)
+                continue
+            return self.get(name, version=version)
+        raise RegistryError(f"could not allocate a new version of {name} (concurrent publishers?)")
+
+    # ------------------------------------------------------------------ aliases
+    @staticmethod
+    def _set_alias(session: Session, name: str, alias: str, version: int) -> None:
+        if not _ALIAS_RE.match(alias):
+            raise RegistryError(f"invalid alias {alias!r}: letters, digits, '-' and '_', starting with a letter")
+        row = session.scalar(select(AliasRow).where(AliasRow.name == name, AliasRow.alias == alias))
+        if row is None:
+            session.add(AliasRow(name=name, alias=alias, version=version, updated_at=datetime.now(UTC)))
+        else:
+            row.version, row.updated_at = version, datetime.now(UTC)
+
+    def set_alias(self, name: str, alias: str, version: int) -> ModelVersion:
+        """Point ``name@alias`` at ``version`` (which must exist)."""
+        with Session(self.engine) as s, s.begin():
+            exists = s.scalar(select(ModelVersionRow.id).where(ModelVersionRow.name == name,
+                                                               ModelVersionRow.version == version))
+            if exists is None:
+                raise RegistryError(f"model {name} has no version {version}")
+            self._set_alias(s, name, alias, version)
+        return self.get(name, version=version)
+
+    def alias_versions(self) -> dict[tuple[str, str], int]:
+        """Every (name, alias) -> version (used to notice alias moves)."""
+        with Session(self.engine) as s:
+            return {(a.name, a.alias): a.version for a in s.scalars(select(AliasRow))}
+
+    # ------------------------------------------------------------------ queries
+    def get(self, name: str, version: int | None = None, alias: str | None = None) -> ModelVersion:
+        """One model version: by number, by alias, or (neither) ``production`` if set, else the latest."""
+        with Session(self.engine) as s:
+            if alias is not None:
+                a = s.scalar(select(AliasRow).where(AliasRow.name == name, AliasRow.alias == alias))
+                if a is None:
+                    raise RegistryError(f"model {name} has no alias {alias!r}")
+                version = a.version
+            elif version is None:
+                a = s.scalar(select(AliasRow).where(AliasRow.name == name, AliasRow.alias == DEFAULT_ALIAS))
+                version = a.version if a is not None else s.scalar(
+                    select(func.max(ModelVersionRow.version)).where(ModelVersionRow.name == name))
+                if version is None:
+                    raise RegistryError(f"no model named {name!r} in {self.root}")
+            row = s.scalar(select(ModelVersionRow).where(ModelVersionRow.name == name,
+                                                         ModelVersionRow.version == version))
+            if row is None:
+                raise RegistryError(f"model {name} has no version {version}")
+            return self._to_version(row, self._aliases_of(s, name).get(row.version, ()))
+
+    def resolve(self, ref: str) -> ModelVersion:
+        name, alias, version = parse_reference(ref)
+        return self.get(name, version=version, alias=alias)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        with Session(self.engine) as s:
+            aliases = self._aliases_of(s, name)
+            rows = s.scalars(select(ModelVersionRow).where(ModelVersionRow.name == name)
+                             .order_by(ModelVersionRow.version))
+            return [self._to_version(r, aliases.get(r.version, ())) for r in rows]
+
+    def list_models(self) -> list[ModelVersion]:
+        """The latest version of every model name (with its aliases)."""
+        with Session(self.engine) as s:
+            names = list(s.scalars(select(ModelVersionRow.name).distinct().order_by(ModelVersionRow.name)))
+        return [self.versions(n)[-1] for n in names]
+
+    def find(self, target: str, path: str, kind: str = "stack", alias: str | None = DEFAULT_ALIAS) -> ModelVersion:
+        """The model serving ``target`` on ``path``: by convention named ``<target>-<path>-<kind>``."""
+        name = model_name(target, path, kind)
+        try:
+            return self.get(name, alias=alias) if alias else self.get(name)
+        except RegistryError:
+            if alias == DEFAULT_ALIAS:
+                return self.get(name)
+            raise
+
+    # ------------------------------------------------------------------ loading
+    def load_bytes(self, mv: ModelVersion) -> bytes:
+        """The artefact's bytes, after checking its sha256 against the record."""
+        try:
+            data = mv.artefact.read_bytes()
+        except FileNotFoundError:
+            raise RegistryError(f"artefact of {mv.uri} is missing: {mv.artefact}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != mv.sha256:
+            raise RegistryError(f"artefact of {mv.uri} has been modified: sha256 {digest[:12]}... "
+                                f"does not match the registered {mv.sha256[:12]}...; refusing to load it")
+        return data
+
+
+def model_name(target: str, path: str, kind: str) -> str:
+    """Conventional model name, e.g. ``smass-raw-stack``."""
+    return f"{target}-{path}-{kind}"
+
+
+def json_default(o: Any) -> Any:
+    if isinstance(o, datetime):
+        return o.isoformat()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, default=json_default, indent=2)
