@@ -1,0 +1,112 @@
+"""Prediction with registered ONNX graphs through onnxruntime (the only runtime the service needs).
+
+The same code serves ``galaxypaint predict``, painting and the HTTP API.  Inputs are the 5 halo
+features in schema order, in schema units, as float64; outputs are the targets in their units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+
+from app.registry import DEFAULT_ALIAS, ModelVersion, Registry, RegistryError, parse_reference
+from app.schema import FEATURE_NAMES, TARGET_NAMES
+
+INPUT_NAME = "halo_features"
+
+
+@dataclass
+class LoadedModel:
+    """An onnxruntime session for one registered model version."""
+
+    version: ModelVersion
+    session: ort.InferenceSession
+    max_batch_rows: int
+
+    @classmethod
+    def load(cls, registry: Registry, mv: ModelVersion, threads: int = 0) -> "LoadedModel":
+        data = registry.load_bytes(mv)  # sha256-verified
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        meta = session.get_modelmeta().custom_metadata_map
+        max_batch = int(meta.get("max_batch_rows", mv.extra.get("max_batch_rows", 65536)))
+        return cls(mv, session, max(1, max_batch))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predictions [N] for features ``x`` [N, 5] (raw, schema units), batched to the graph's limit."""
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(FEATURE_NAMES):
+            raise ValueError(f"expected an array of shape (N, {len(FEATURE_NAMES)}), got {x.shape}")
+        if len(x) == 0:
+            return np.zeros(0)
+        out = [self.session.run(None, {INPUT_NAME: x[i:i + self.max_batch_rows]})[0]
+               for i in range(0, len(x), self.max_batch_rows)]
+        return np.concatenate(out).reshape(-1).astype(np.float64)
+
+
+class StackPredictor:
+    """The serving models of several targets on one path, loaded once.
+
+    ``model`` picks something else than the default ``<target>-<path>-stack@production``: an alias
+    (``staging``), a version number (``3``), or a full reference (``smass-raw-stack@staging``) when a
+    single target is asked for.
+    """
+
+    def __init__(self, registry: Registry, path: str = "raw", targets: Sequence[str] | None = None,
+                 model: str | None = None, threads: int = 0) -> None:
+        self.registry = registry
+        self.path = path
+        self.targets = tuple(targets) if targets else self._available_targets(path)
+        if not self.targets:
+            raise RegistryError(f"no {path}-path stack models in {registry.root}: train first "
+                                "(galaxypaint train --data FILE)")
+        self.models: dict[str, LoadedModel] = {}
+        for target in self.targets:
+            if target not in TARGET_NAMES:
+                raise RegistryError(f"unknown target {target!r}: choose from {', '.join(TARGET_NAMES)}")
+            mv = self._resolve(target, model)
+            self.models[target] = LoadedModel.load(registry, mv, threads)
+
+    def _available_targets(self, path: str) -> tuple[str, ...]:
+        names = {m.name for m in self.registry.list_models()}
+        return tuple(t for t in TARGET_NAMES if f"{t}-{path}-stack" in names)
+
+    def _resolve(self, target: str, model: str | None) -> ModelVersion:
+        default = f"{target}-{self.path}-stack"
+        if model is None:
+            return self.registry.get(default)
+        if model.isdigit():
+            return self.registry.get(default, version=int(model))
+        if "@" not in model and "/" not in model and not model.startswith("models:/") and model not in {
+                m.name for m in self.registry.list_models()}:
+            return self.registry.get(default, alias=model)
+        mv = self.registry.resolve(model)
+        if mv.target != target:
+            raise RegistryError(f"model {mv.uri} predicts {mv.target}, not {target}")
+        return mv
+
+    def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return {t: m.predict(x) for t, m in self.models.items()}
+
+    def describe(self) -> list[dict[str, object]]:
+        return [{"target": t, "name": m.version.name, "version": m.version.version, "sha256": m.version.sha256,
+                 "aliases": list(m.version.aliases)} for t, m in self.models.items()]
+
+
+def predict_table(df: pd.DataFrame, predictor: StackPredictor) -> pd.DataFrame:
+    """``df`` with one ``<target>_pred`` column per target appended (the input columns untouched)."""
+    x = df[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+    out = df.copy()
+    for target, values in predictor.predict(x).items():
+        out[f"{target}_pred"] = values
+    return out
+
+
+__all__ = ["DEFAULT_ALIAS", "LoadedModel", "StackPredictor", "predict_table", "parse_reference"]

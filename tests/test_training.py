@@ -1,0 +1,127 @@
+"""Training end to end with the fast preset on a small built-in catalog: real models, real ONNX, real registry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("lightgbm")
+pytest.importorskip("keras")
+
+from app.catalogs import read_table, write_table  # noqa: E402
+from app.inference import StackPredictor  # noqa: E402
+from app.registry import Registry  # noqa: E402
+from app.schema import FEATURE_NAMES  # noqa: E402
+from training.demo_catalog import make_demo_catalog  # noqa: E402
+from training.pipeline import TrainConfig, TrainingError, run_training, split_indices  # noqa: E402
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One fast-preset CLI training run on 4,000 galaxies (2 targets), shared by the tests below."""
+    root = tmp_path_factory.mktemp("train")
+    data = write_table(make_demo_catalog(n=4000, seed=3), root / "demo.parquet")
+    res = cli("train", "--data", str(data), "--targets", "smass,sSFR", "--registry", str(root / "models"),
+              "--metrics-out", str(root / "metrics.json"), "--seed", "5")
+    assert res.returncode == 0, res.stderr[-2000:]
+    return root, data, res
+
+
+def test_train_cli_registers_stacks_and_writes_metrics(trained):
+    root, _, res = trained
+    assert "smass   raw   stack" in res.stdout and "registered 10 model versions" in res.stdout
+    assert "fitting nn" in res.stderr and "epoch" in res.stderr  # progress is shown
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert metrics["seed"] == 5 and metrics["split"] == {"train": 1920, "val": 480, "test": 1600}
+    smass = metrics["results"]["smass"]["raw"]
+    for kind in ("ert", "knn", "lgbm", "nn"):
+        m = smass["models"][kind]
+        assert m["pearson_r"] > 0.9 and m["onnx_max_abs_diff"] <= 1e-4
+        assert m["importance_normalized"]["M_h"] == pytest.approx(1.0)
+    assert smass["stack"]["pearson_r"] >= max(m["pearson_r"] for m in smass["models"].values()) - 0.01
+    assert smass["stack"]["importance_normalized"]["lgbm"] == pytest.approx(1.0)
+    reg = Registry(root / "models", create=False)
+    mv = reg.get("smass-raw-stack")
+    assert mv.aliases == ("production",) and mv.seed == 5 and len(mv.data_fingerprint) == 64
+    assert "lightgbm" in mv.package_versions and set(mv.training_domain) == set(FEATURE_NAMES)
+    assert reg.get_run(mv.run_id)["config"]["preset"] == "fast"
+
+
+def test_predict_cli_uses_the_registered_graphs(trained):
+    root, data, _ = trained
+    out = root / "pred.csv"
+    res = cli("predict", "--data", str(data), "--out", str(out), "--registry", str(root / "models"))
+    assert res.returncode == 0, res.stderr
+    pred = read_table(out)
+    assert {"smass_pred", "sSFR_pred"} <= set(pred.columns) and "radius_pred" not in pred.columns
+    df = read_table(data)
+    pd.testing.assert_frame_equal(pred[df.columns.tolist()], df, check_dtype=False)  # input untouched
+    direct = StackPredictor(Registry(root / "models"), targets=["smass"]).predict(df[list(FEATURE_NAMES)].to_numpy())
+    np.testing.assert_allclose(pred["smass_pred"], direct["smass"])
+    assert np.corrcoef(pred["smass_pred"], df["smass"])[0, 1] > 0.95
+
+
+def test_models_cli_list_show_promote(trained):
+    root, _, _ = trained
+    reg = str(root / "models")
+    res = cli("models", "list", "--registry", reg, "--json")
+    names = {m["name"] for m in json.loads(res.stdout)}
+    assert {"smass-raw-stack", "sSFR-raw-knn"} <= names
+    res = cli("models", "show", "smass-raw-stack@production", "--registry", reg)
+    assert res.returncode == 0 and "sha256" in res.stdout and "training domain" in res.stdout
+    res = cli("models", "promote", "smass-raw-stack", "1", "--alias", "staging", "--registry", reg)
+    assert res.returncode == 0 and "staging -> version 1" in res.stdout
+    res = cli("models", "promote", "smass-raw-stack", "7", "--registry", reg)
+    assert res.returncode == 1 and res.stderr.strip() == "galaxypaint: error: model smass-raw-stack has no version 7"
+
+
+def test_tampered_artefact_is_refused_by_predict(trained, tmp_path):
+    root, data, _ = trained
+    import shutil
+
+    reg_dir = tmp_path / "models"
+    shutil.copytree(root / "models", reg_dir)
+    mv = Registry(reg_dir).get("sSFR-raw-stack")
+    mv.artefact.write_bytes(mv.artefact.read_bytes()[:-10] + b"0123456789")
+    res = cli("predict", "--data", str(data), "--out", str(tmp_path / "p.parquet"), "--registry", str(reg_dir))
+    assert res.returncode == 1 and "has been modified" in res.stderr
+    assert not (tmp_path / "p.parquet").exists()
+
+
+def test_split_column_is_honoured_and_seeded_split_is_reproducible():
+    df = make_demo_catalog(n=1000, seed=1)
+    a, b = split_indices(df, 7), split_indices(df, 7)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert [len(a[k]) for k in ("train", "val", "test")] == [480, 120, 400]
+    assert not np.array_equal(split_indices(df, 8)["test"], a["test"])
+    df["split"] = np.where(np.arange(1000) < 700, "train", np.where(np.arange(1000) < 800, "val", "test"))
+    s = split_indices(df, 7)
+    assert np.array_equal(s["train"], np.arange(700)) and np.array_equal(s["test"], np.arange(800, 1000))
+    df.loc[df["split"] == "val", "split"] = "test"
+    with pytest.raises(TrainingError, match="no val rows"):
+        split_indices(df, 7)
+
+
+def test_training_failure_paths(tmp_path):
+    reg = Registry(tmp_path)
+    df = make_demo_catalog(n=300, seed=2)
+    with pytest.raises(TrainingError, match="SMOGN path is not available yet"):
+        run_training(df, reg, TrainConfig(paths=("raw", "smogn")))
+    with pytest.raises(TrainingError, match="lacks color"):
+        run_training(df.drop(columns="color"), reg, TrainConfig(targets=("color",)))
+    with pytest.raises(TrainingError, match="too few rows"):
+        run_training(df.iloc[:50], reg, TrainConfig(targets=("smass",)))
+    assert reg.list_models() == []
+    res = cli("train", "--data", str(tmp_path / "none.parquet"), "--registry", str(tmp_path))
+    assert res.returncode == 1 and "no such file" in res.stderr
+    res = cli("train", "--data", "x.parquet", "--targets", "mass")
+    assert res.returncode == 1 and "unknown target mass" in res.stderr

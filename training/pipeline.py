@@ -1,0 +1,299 @@
+"""Training runs: split, fit the four models and the stack per target and path, measure, export, register.
+
+One run = one table, one seed, one preset.  For each target and path the run
+1. standardizes the 5 halo features (StandardScaler fitted on the training split);
+2. fits ERT, kNN, LightGBM and the NN, each chosen on the validation split (``training.estimators``);
+3. fits the stack, a LinearRegression on the four models' validation-set predictions;
+4. measures every model and the stack on the untouched test split (Pearson r, MSE, K-S D,
+   permutation importance: halo features for the models, model outputs for the stack);
+5. writes one ONNX graph per model and one fused graph (scaler + 4 models + stacker) and checks each
+   against the native predictions on the whole test split (|diff| <= 1e-4, else nothing is registered);
+6. publishes the graphs with their metrics, hyperparameters, seed, data fingerprint, package versions
+   and training domain, and records the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from app import __version__
+from app.registry import Registry, model_name
+from app.schema import COLUMNS, FEATURE_NAMES, SPLIT_COLUMN, TARGET_NAMES
+from training import onnx_export as ox
+from training.estimators import MODEL_KINDS, PRESETS, FITTERS, Fitted, Preset
+from training.metrics import normalized, permutation_importance, regression_metrics
+
+PATHS: tuple[str, ...] = ("raw", "smogn")
+SPLIT_FRACTIONS = (0.48, 0.12, 0.40)
+FIDELITY_TOL = 1e-4
+
+Progress = Callable[[str], None]
+
+
+class TrainingError(Exception):
+    """Training cannot proceed; the message is meant for the user."""
+
+
+@dataclass
+class TrainConfig:
+    targets: tuple[str, ...] = TARGET_NAMES
+    paths: tuple[str, ...] = ("raw",)
+    seed: int = 42
+    preset: str = "fast"
+    alias: str | None = "production"
+    models: tuple[str, ...] = MODEL_KINDS
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        bad = [t for t in self.targets if t not in TARGET_NAMES]
+        if bad:
+            raise TrainingError(f"unknown target {', '.join(bad)}: choose from {', '.join(TARGET_NAMES)}")
+        bad = [p for p in self.paths if p not in PATHS]
+        if bad:
+            raise TrainingError(f"unknown path {', '.join(bad)}: choose from {', '.join(PATHS)}")
+        if "smogn" in self.paths:
+            raise TrainingError("the SMOGN path is not available yet (its augmentation is a separate issue); "
+                                "use --paths raw")
+        if self.preset not in PRESETS:
+            raise TrainingError(f"unknown preset {self.preset!r}: choose from {', '.join(PRESETS)}")
+
+
+def split_indices(df: pd.DataFrame, seed: int) -> dict[str, np.ndarray]:
+    """Row positions of train/val/test: the table's ``split`` column if present, else a seeded 48/12/40 split."""
+    if SPLIT_COLUMN in df.columns:
+        labels = df[SPLIT_COLUMN].astype(str).to_numpy()
+        out = {s: np.flatnonzero(labels == s) for s in ("train", "val", "test")}
+        empty = [s for s, idx in out.items() if len(idx) == 0]
+        if empty:
+            raise TrainingError(f"the split column has no {', '.join(empty)} rows")
+        return out
+    n = len(df)
+    perm = np.random.default_rng(seed).permutation(n)
+    n_train, n_val = int(round(SPLIT_FRACTIONS[0] * n)), int(round(SPLIT_FRACTIONS[1] * n))
+    return {"train": np.sort(perm[:n_train]), "val": np.sort(perm[n_train:n_train + n_val]),
+            "test": np.sort(perm[n_train + n_val:])}
+
+
+def data_fingerprint(df: pd.DataFrame) -> str:
+    """sha256 of the feature, target and split columns (values and order), independent of file format."""
+    h = hashlib.sha256()
+    for col in (*FEATURE_NAMES, *TARGET_NAMES, SPLIT_COLUMN):
+        if col in df.columns:
+            h.update(col.encode())
+            values = df[col].to_numpy()
+            h.update(values.astype(str).astype("S").tobytes() if values.dtype.kind in "OUT" else
+                     np.ascontiguousarray(values, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    out = {"galaxypaint": __version__}
+    for pkg in ("numpy", "scipy", "pandas", "scikit-learn", "lightgbm", "tensorflow-cpu", "tensorflow", "keras",
+                "onnx", "onnxruntime"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def training_domain(x_train: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per-feature range of the training set (min, max and the central 99 %), in schema units."""
+    return {name: {"min": float(x_train[:, j].min()), "max": float(x_train[:, j].max()),
+                   "p0.5": float(np.percentile(x_train[:, j], 0.5)),
+                   "p99.5": float(np.percentile(x_train[:, j], 99.5))}
+            for j, name in enumerate(FEATURE_NAMES)}
+
+
+@dataclass
+class Scaler:
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> "Scaler":
+        from sklearn.preprocessing import StandardScaler
+
+        s = StandardScaler().fit(x)
+        return cls(s.mean_.astype(np.float64), s.scale_.astype(np.float64))
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
+
+
+def _graph(target: str, path: str, kind: str, scaler: Scaler, parts: list[tuple[list, list]],
+           meta: dict[str, Any]) -> bytes:
+    s_nodes, s_inits = ox.scaler_nodes(scaler.mean, scaler.scale, ox.INPUT_NAME, "scaled")
+    nodes, inits = list(s_nodes), list(s_inits)
+    for n, i in parts:
+        nodes += n
+        inits += i
+    metadata_props = {"target": target, "unit": COLUMNS[target].unit, "path": path, "kind": kind,
+                      "feature_order": json.dumps(list(FEATURE_NAMES)), **{k: (v if isinstance(v, str) else
+                                                                                json.dumps(v)) for k, v in meta.items()}}
+    model = ox.make_model(nodes, inits, f"{target}-{path}-{kind}", metadata_props)
+    return model.SerializeToString()
+
+
+def _stack_fit(val_preds: np.ndarray, y_val: np.ndarray):
+    from sklearn.linear_model import LinearRegression
+
+    return LinearRegression().fit(val_preds, y_val)
+
+
+def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, path: str, cfg: TrainConfig,
+                 preset: Preset, progress: Progress) -> dict[str, Any]:
+    """Fit, measure and export one (target, path); returns metrics and the ONNX graphs (not yet registered)."""
+    x = df[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+    y = df[target].to_numpy(dtype=np.float64)
+    tr, va, te = split["train"], split["val"], split["test"]
+    scaler = Scaler.fit(x[tr])
+    xs = scaler.transform(x)
+    xt, xv, xe = xs[tr], xs[va], xs[te]
+    yt, yv, ye = y[tr], y[va], y[te]
+
+    fitted: dict[str, Fitted] = {}
+    for kind in cfg.models:
+        t0 = time.perf_counter()
+        progress(f"[{target}/{path}] fitting {kind}")
+        fitted[kind] = FITTERS[kind](xt, yt, xv, yv, preset, cfg.seed, lambda m, _k=kind: progress(f"[{target}/{path}] {m}"))
+        progress(f"[{target}/{path}] {kind} done in {time.perf_counter() - t0:.1f} s")
+
+    val_preds = np.column_stack([fitted[k].predict(xv) for k in cfg.models])
+    test_preds = np.column_stack([fitted[k].predict(xe) for k in cfg.models])
+    stack = _stack_fit(val_preds, yv)
+    stack_test = stack.predict(test_preds)
+
+    rng = np.random.default_rng(cfg.seed)
+    sub = np.sort(rng.choice(len(te), size=min(preset.importance_rows, len(te)), replace=False))
+    result: dict[str, Any] = {"models": {}, "n_train": len(tr), "n_val": len(va), "n_test": len(te)}
+    for j, kind in enumerate(cfg.models):
+        f = fitted[kind]
+        imp, imp_std = permutation_importance(f.predict, xe[sub], ye[sub], preset.importance_repeats, cfg.seed)
+        result["models"][kind] = {**regression_metrics(test_preds[:, j], ye),
+                                  "importance": dict(zip(FEATURE_NAMES, imp.tolist())),
+                                  "importance_std": dict(zip(FEATURE_NAMES, imp_std.tolist())),
+                                  "importance_normalized": dict(zip(FEATURE_NAMES, normalized(imp, 0).tolist())),
+                                  "hyperparameters": f.params, "search": f.search, "fit_seconds": f.fit_seconds}
+    imp, imp_std = permutation_importance(stack.predict, test_preds[sub], ye[sub], preset.importance_repeats, cfg.seed)
+    ref = list(cfg.models).index("lgbm") if "lgbm" in cfg.models else 0
+    result["stack"] = {**regression_metrics(stack_test, ye), "coef": dict(zip(cfg.models, stack.coef_.tolist())),
+                       "intercept": float(stack.intercept_),
+                       "importance": dict(zip(cfg.models, imp.tolist())),
+                       "importance_std": dict(zip(cfg.models, imp_std.tolist())),
+                       "importance_normalized": dict(zip(cfg.models, normalized(imp, ref).tolist()))}
+
+    domain = training_domain(x[tr])
+    common_meta = {"training_domain": domain, "seed": cfg.seed, "galaxypaint": __version__}
+    graphs: dict[str, tuple[bytes, int]] = {}
+    for j, kind in enumerate(cfg.models):
+        f = fitted[kind]
+        progress(f"[{target}/{path}] exporting {kind} to ONNX")
+        data = _graph(target, path, kind, scaler, [f.onnx("scaled", ox.OUTPUT_NAME, f"{kind}_")],
+                      {**common_meta, "max_batch_rows": f.max_batch_rows})
+        diff = _fidelity(data, x[te], test_preds[:, j], f.max_batch_rows, f"{target}/{path} {kind}")
+        result["models"][kind].update({"onnx_max_abs_diff": diff, "onnx_bytes": len(data)})
+        graphs[kind] = (data, f.max_batch_rows)
+    parts = [fitted[k].onnx("scaled", f"{k}_out", f"{k}_") for k in cfg.models]
+    parts.append(ox.linear_nodes(stack.coef_, float(stack.intercept_), [f"{k}_out" for k in cfg.models],
+                                 ox.OUTPUT_NAME))
+    max_batch = min(fitted[k].max_batch_rows for k in cfg.models)
+    progress(f"[{target}/{path}] exporting the fused stack to ONNX")
+    data = _graph(target, path, "stack", scaler, parts, {**common_meta, "max_batch_rows": max_batch,
+                                                        "components": list(cfg.models)})
+    diff = _fidelity(data, x[te], stack_test, max_batch, f"{target}/{path} stack")
+    result["stack"].update({"onnx_max_abs_diff": diff, "onnx_bytes": len(data)})
+    graphs["stack"] = (data, max_batch)
+    result["graphs"] = graphs
+    result["training_domain"] = domain
+    result["scaler"] = {"mean": scaler.mean.tolist(), "scale": scaler.scale.tolist()}
+    return result
+
+
+def _fidelity(data: bytes, x_raw: np.ndarray, expected: np.ndarray, batch: int, what: str) -> float:
+    try:
+        return ox.check_fidelity(data, x_raw, expected, tol=FIDELITY_TOL, batch=batch)
+    except ox.FidelityError as exc:
+        raise TrainingError(f"{what}: {exc}; nothing was registered") from exc
+
+
+def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
+                 progress: Progress = lambda m: None) -> dict[str, Any]:
+    """Train every requested (target, path), then register everything (or nothing, on failure)."""
+    cfg.validate()
+    preset = PRESETS[cfg.preset]
+    missing = [c for c in (*FEATURE_NAMES, *cfg.targets) if c not in df.columns]
+    if missing:
+        raise TrainingError(f"the training table lacks {', '.join(missing)}")
+    split = split_indices(df, cfg.seed)
+    min_rows = max(60, max(preset.knn_k) * 2)
+    if len(split["train"]) < min_rows or len(split["val"]) < 10 or len(split["test"]) < 10:
+        raise TrainingError(f"too few rows to train: {len(split['train'])} train, {len(split['val'])} validation, "
+                            f"{len(split['test'])} test (need at least {min_rows} training rows)")
+    run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    fingerprint = data_fingerprint(df)
+    versions = package_versions()
+    t_start = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    for target in cfg.targets:
+        for path in cfg.paths:
+            t0 = time.perf_counter()
+            results.setdefault(target, {})[path] = train_target(df, split, target, path, cfg, preset, progress)
+            results[target][path]["seconds"] = time.perf_counter() - t0
+            progress(f"[{target}/{path}] finished in {results[target][path]['seconds']:.1f} s")
+
+    summary = {"run_id": run_id, "seed": cfg.seed, "preset": cfg.preset, "data_fingerprint": fingerprint,
+               "split": {k: int(len(v)) for k, v in split.items()},
+               "split_source": "column" if SPLIT_COLUMN in df.columns else f"seeded {SPLIT_FRACTIONS}",
+               "package_versions": versions, "seconds": time.perf_counter() - t_start, "results": {}}
+    for target, per_path in results.items():
+        for path, res in per_path.items():
+            summary["results"].setdefault(target, {})[path] = {k: v for k, v in res.items() if k != "graphs"}
+    registry.record_run(run_id, cfg.seed, fingerprint, {"targets": list(cfg.targets), "paths": list(cfg.paths),
+                                                         "preset": cfg.preset, "models": list(cfg.models)},
+                        summary["results"], versions)
+    published = []
+    for target, per_path in results.items():
+        for path, res in per_path.items():
+            for kind, (data, max_batch) in res["graphs"].items():
+                m = res["stack"] if kind == "stack" else res["models"][kind]
+                metrics = {k: m[k] for k in ("pearson_r", "mse", "ks_d", "onnx_max_abs_diff") if k in m}
+                hyper = ({"coef": m["coef"], "intercept": m["intercept"], "components": list(cfg.models)}
+                         if kind == "stack" else m["hyperparameters"])
+                mv = registry.publish(
+                    model_name(target, path, kind), data, target=target, path=path, kind=kind, metrics=metrics,
+                    hyperparameters=hyper, seed=cfg.seed, data_fingerprint=fingerprint, package_versions=versions,
+                    feature_schema=list(FEATURE_NAMES), training_domain=res["training_domain"], run_id=run_id,
+                    extra={"max_batch_rows": max_batch, "scaler": res["scaler"], "preset": cfg.preset},
+                    aliases=(cfg.alias,) if cfg.alias else ())
+                published.append(mv.uri)
+    summary["published"] = published
+    return summary
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The run's test-set metrics as a text table."""
+    lines = [f"run {summary['run_id']}  seed {summary['seed']}  preset {summary['preset']}  "
+             f"split {summary['split']}  ({summary['seconds']:.0f} s)",
+             f"{'target':7s} {'path':5s} {'model':6s} {'r':>7s} {'MSE':>9s} {'KS D':>7s} {'ONNX diff':>10s} "
+             f"{'MB':>6s} {'fit s':>6s}  importance (normalized)"]
+    for target, per_path in summary["results"].items():
+        for path, res in per_path.items():
+            rows = [(k, res["models"][k]) for k in res["models"]] + [("stack", res["stack"])]
+            for kind, m in rows:
+                imp = m.get("importance_normalized", {})
+                imp_s = " ".join(f"{k}={v:.2f}" for k, v in imp.items())
+                lines.append(f"{target:7s} {path:5s} {kind:6s} {m['pearson_r']:7.4f} {m['mse']:9.5f} {m['ks_d']:7.4f} "
+                             f"{m.get('onnx_max_abs_diff', float('nan')):10.2e} {m.get('onnx_bytes', 0) / 1e6:6.1f} "
+                             f"{m.get('fit_seconds', 0):6.1f}  {imp_s}")
+    return "\n".join(lines)
