@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 
 from app import __version__
 from app.catalogs import CatalogError, detect_format, load_catalog, write_table
-from app.schema import FEATURE_NAMES, TARGET_NAMES
+from app.registry import Registry, RegistryError, dumps
+from app.schema import FEATURE_NAMES, TARGET_NAMES, TNG300_FEATURE_MOMENTS
+from app.settings import get_settings
 
 
 class UserError(Exception):
@@ -84,6 +86,144 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace, create: bool = False) -> Registry:
+    root = args.registry or get_settings().registry
+    return Registry(root, create=create)
+
+
+def _csv_list(value: str | None, allowed: Sequence[str], what: str) -> tuple[str, ...]:
+    if not value:
+        return tuple(allowed)
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [v for v in items if v not in allowed]
+    if bad:
+        raise UserError(f"unknown {what} {', '.join(bad)}: choose from {', '.join(allowed)}")
+    return items
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.pipeline import PATHS, TrainConfig, TrainingError, format_table, run_training
+
+    targets = _csv_list(args.targets, TARGET_NAMES, "target")
+    paths = _csv_list(args.paths or "raw", PATHS, "path")
+    cfg = TrainConfig(targets=targets, paths=paths, seed=args.seed, preset=args.preset, alias=args.alias or None)
+    try:
+        cfg.validate()
+    except TrainingError as exc:
+        raise UserError(str(exc)) from None
+    df, report = load_catalog(args.data, require=list(FEATURE_NAMES) + list(targets), mapping=args.columns)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    registry = _registry(args, create=True)
+    t0 = time.perf_counter()
+
+    def progress(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    try:
+        summary = run_training(df, registry, cfg, progress)
+    except TrainingError as exc:
+        raise UserError(str(exc)) from None
+    print(format_table(summary))
+    print(f"registered {len(summary['published'])} model versions in {registry.root} (run {summary['run_id']})")
+    if args.metrics_out:
+        from pathlib import Path
+
+        out = Path(args.metrics_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(dumps(summary))
+        print(f"metrics written to {out}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    models = _registry(args).list_models()
+    if args.json:
+        print(dumps([m.as_dict() for m in models]))
+        return 0
+    if not models:
+        print("no models registered")
+        return 0
+    print(f"{'name':28s} {'latest':>6s} {'aliases':24s} {'r':>7s} {'MB':>6s}  created")
+    registry = _registry(args)
+    for m in models:
+        aliases = ", ".join(f"{a}->v{v}" for (n, a), v in sorted(registry.alias_versions().items()) if n == m.name)
+        r = m.metrics.get("pearson_r")
+        print(f"{m.name:28s} {m.version:6d} {aliases:24s} {(f'{r:.4f}' if r is not None else '-'):>7s} "
+              f"{m.size_bytes / 1e6:6.1f}  {m.created_at:%Y-%m-%d %H:%M}")
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    mv = registry.resolve(args.ref)
+    if args.json:
+        print(dumps(mv.as_dict()))
+        return 0
+    print(f"{mv.uri}  ({mv.target}, {mv.path} path, {mv.kind})  aliases: {', '.join(mv.aliases) or '-'}")
+    print(f"artefact {mv.artefact}  {mv.size_bytes / 1e6:.1f} MB  sha256 {mv.sha256}")
+    print(f"created {mv.created_at:%Y-%m-%d %H:%M:%S %Z}  run {mv.run_id or '-'}  seed {mv.seed}  "
+          f"data {(mv.data_fingerprint or '-')[:16]}")
+    print("metrics: " + ", ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in mv.metrics.items()))
+    print("hyperparameters: " + dumps(mv.hyperparameters).replace("\n", " "))
+    print("training domain: " + ", ".join(f"{k} [{v['min']:.4g}, {v['max']:.4g}]" for k, v in mv.training_domain.items()))
+    print(f"versions: {', '.join(str(v.version) for v in registry.versions(mv.name))}")
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    mv = _registry(args).set_alias(args.name, args.alias, args.version)
+    print(f"{mv.name}@{args.alias} -> version {mv.version}")
+    return 0
+
+
+def _floats(value: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise UserError(f"{what} must be 5 comma-separated numbers, got {value!r}") from None
+
+
+def cmd_models_import_lightgbm(args: argparse.Namespace) -> int:
+    from training.external import import_lightgbm
+    from training.pipeline import TrainingError
+
+    mean = _floats(args.mean, "--mean") if args.mean else [TNG300_FEATURE_MOMENTS[f][0] for f in FEATURE_NAMES]
+    std = _floats(args.std, "--std") if args.std else [TNG300_FEATURE_MOMENTS[f][1] for f in FEATURE_NAMES]
+    if not (args.mean and args.std):
+        print("note: standardizing with the TNG300 training moments of the paper's published models",
+              file=sys.stderr)
+    try:
+        mv, diff = import_lightgbm(args.file, args.target, mean, std, args.name, _registry(args, create=True),
+                                   alias=args.alias or None)
+    except TrainingError as exc:
+        raise UserError(str(exc)) from None
+    print(f"registered {mv.uri} ({mv.size_bytes / 1e6:.1f} MB); ONNX vs LightGBM max |diff| {diff:.2e} "
+          f"on {mv.metrics['n_checked']} halos")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from app.inference import StackPredictor, predict_table
+
+    detect_format(args.out)
+    targets = _csv_list(args.targets, TARGET_NAMES, "target") if args.targets else None
+    df, report = load_catalog(args.data, require=FEATURE_NAMES, mapping=args.columns,
+                              range_policy="warn" if args.lenient else "error")
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    predictor = StackPredictor(_registry(args), path=args.path, targets=targets, model=args.model)
+    t0 = time.perf_counter()
+    out = predict_table(df, predictor)
+    elapsed = time.perf_counter() - t0
+    path = write_table(out, args.out, metadata={"kind": "prediction", "models": predictor.describe(),
+                                                 "path": args.path, "galaxypaint": __version__})
+    used = ", ".join(f"{d['name']}/{d['version']}" for d in predictor.describe())
+    print(f"predicted {len(df):,} halos in {elapsed:.2f} s ({len(df) / max(elapsed, 1e-9):,.0f} halos/s) with {used}; "
+          f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="galaxypaint", description=(
         "Learn, serve and paint the halo-galaxy connection (de Santi et al. 2022)."))
@@ -115,6 +255,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", action="store_true", help="also require the 4 galaxy properties")
     p.add_argument("--lenient", action="store_true", help="warn about out-of-range values instead of failing")
     p.set_defaults(func=cmd_inspect)
+
+    reg_help = "registry directory (default: $GALAXYPAINT_REGISTRY or models/)"
+    p = sub.add_parser("train", help="train the paper's models and stacks and register them as ONNX",
+                       description="Train ERT, kNN, LightGBM, NN and the linear stack per target; export and "
+                                   "register ONNX graphs.")
+    p.add_argument("--data", required=True, help="training table (.parquet, .csv, .hdf5)")
+    p.add_argument("--targets", help=f"comma-separated subset of {','.join(TARGET_NAMES)} (default: all)")
+    p.add_argument("--paths", help="raw and/or smogn (default: raw)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the split and of every model (default 42)")
+    p.add_argument("--preset", choices=("fast", "paper"), default="fast", help="hyperparameter search size")
+    p.add_argument("--registry", help=reg_help)
+    p.add_argument("--metrics-out", help="write the run's metrics as JSON to this file")
+    p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
+    p.add_argument("--alias", default="production", help="alias given to the new versions (default production; "
+                                                         "'' for none)")
+    p.set_defaults(func=cmd_train)
+
+    models = sub.add_parser("models", help="list, show, promote and import registered models")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    p = msub.add_parser("list", help="latest version of every model")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--registry", help=reg_help)
+    p.set_defaults(func=cmd_models_list)
+    p = msub.add_parser("show", help="one model version: NAME, NAME@ALIAS or NAME/VERSION")
+    p.add_argument("ref")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--registry", help=reg_help)
+    p.set_defaults(func=cmd_models_show)
+    p = msub.add_parser("promote", help="point an alias at a version")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("--alias", default="production")
+    p.add_argument("--registry", help=reg_help)
+    p.set_defaults(func=cmd_models_promote)
+    p = msub.add_parser("import-lightgbm", help="register an external LightGBM text model as ONNX")
+    p.add_argument("file")
+    p.add_argument("--target", required=True, choices=TARGET_NAMES)
+    p.add_argument("--mean", help="5 comma-separated feature means used to standardize (default: TNG300's)")
+    p.add_argument("--std", help="5 comma-separated feature standard deviations (default: TNG300's)")
+    p.add_argument("--name", required=True, help="model name in the registry")
+    p.add_argument("--alias", help="alias to give the new version")
+    p.add_argument("--registry", help=reg_help)
+    p.set_defaults(func=cmd_models_import_lightgbm)
+
+    p = sub.add_parser("predict", help="predict galaxy properties for a halo table with the registered stacks")
+    p.add_argument("--data", required=True, help="halo table (.csv, .parquet, .hdf5)")
+    p.add_argument("--out", required=True, help="output table: the input plus <target>_pred columns")
+    p.add_argument("--path", choices=("raw", "smogn"), default="raw")
+    p.add_argument("--targets", help="comma-separated subset of targets (default: every target with a model)")
+    p.add_argument("--model", help="alias, version, or NAME@ALIAS for a single target")
+    p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
+    p.add_argument("--lenient", action="store_true", help="warn about out-of-range values instead of failing")
+    p.add_argument("--registry", help=reg_help)
+    p.set_defaults(func=cmd_predict)
     return parser
 
 
@@ -123,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CatalogError, UserError) as exc:
+    except (CatalogError, UserError, RegistryError) as exc:
         print(f"galaxypaint: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
