@@ -152,8 +152,11 @@ def _stack_fit(val_preds: np.ndarray, y_val: np.ndarray):
 
 
 def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, path: str, cfg: TrainConfig,
-                 preset: Preset, progress: Progress) -> dict[str, Any]:
-    """Fit, measure and export one (target, path); returns metrics and the ONNX graphs (not yet registered)."""
+                 preset: Preset, progress: Progress, keep_models: bool = False) -> dict[str, Any]:
+    """Fit, measure and export one (target, path); returns metrics and the ONNX graphs (not yet registered).
+
+    ``keep_models`` also returns the native models (``fitted``, ``stack_model``, ``scaler``) for benchmarks.
+    """
     x = df[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
     y = df[target].to_numpy(dtype=np.float64)
     tr, va, te = split["train"], split["val"], split["test"]
@@ -217,6 +220,8 @@ def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, pa
     result["graphs"] = graphs
     result["training_domain"] = domain
     result["scaler"] = {"mean": scaler.mean.tolist(), "scale": scaler.scale.tolist()}
+    if keep_models:
+        result["native"] = {"fitted": fitted, "stack": stack, "scaler": scaler}
     return result
 
 
