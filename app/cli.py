@@ -137,7 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    models = _registry(args).list_models()
+    registry = _registry(args)
+    models = registry.list_models()
     if args.json:
         print(dumps([m.as_dict() for m in models]))
         return 0
@@ -145,9 +146,9 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         print("no models registered")
         return 0
     print(f"{'name':28s} {'latest':>6s} {'aliases':24s} {'r':>7s} {'MB':>6s}  created")
-    registry = _registry(args)
+    all_aliases = sorted(registry.alias_versions().items())
     for m in models:
-        aliases = ", ".join(f"{a}->v{v}" for (n, a), v in sorted(registry.alias_versions().items()) if n == m.name)
+        aliases = ", ".join(f"{a}->v{v}" for (n, a), v in all_aliases if n == m.name)
         r = m.metrics.get("pearson_r")
         print(f"{m.name:28s} {m.version:6d} {aliases:24s} {(f'{r:.4f}' if r is not None else '-'):>7s} "
               f"{m.size_bytes / 1e6:6.1f}  {m.created_at:%Y-%m-%d %H:%M}")

@@ -239,7 +239,12 @@ class Registry:
                     fh.write(model_bytes)
                     fh.flush()
                     os.fsync(fh.fileno())
-                os.link(tmp, final)  # fails if another writer took this version's file
+                try:
+                    os.link(tmp, final)  # atomic and fails if another writer took this version's file
+                except FileExistsError:
+                    raise
+                except OSError:  # filesystems without hard links: rename (checked for existence above)
+                    os.replace(tmp, final)
             except FileExistsError:
                 continue
             finally:
