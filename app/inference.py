@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from app.registry import DEFAULT_ALIAS, ModelVersion, Registry, RegistryError, parse_reference
+from app.registry import ModelVersion, Registry, RegistryError
 from app.schema import FEATURE_NAMES, TARGET_NAMES
 
 INPUT_NAME = "halo_features"
@@ -108,5 +108,3 @@ def predict_table(df: pd.DataFrame, predictor: StackPredictor) -> pd.DataFrame:
         out[f"{target}_pred"] = values
     return out
 
-
-__all__ = ["DEFAULT_ALIAS", "LoadedModel", "StackPredictor", "predict_table", "parse_reference"]

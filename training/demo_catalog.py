@@ -35,7 +35,6 @@ Cuts (paper): ``M_h > 10.5`` and ``smass > 8.75``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -271,7 +270,6 @@ def make_demo_catalog(n: int = TNG300_N_CENTRALS, box: float = TNG300_BOX, seed:
 
     nmesh = _mesh_size(box)
     g = _gaussian_field(rng, nmesh, box, model.field_smoothing, cosmo)
-    sigma_g = float(g.std())
     bias = tinker10_bias(cat["M_h"].to_numpy(), cosmo)
     # Assembly bias: early-forming low-mass haloes cluster more (Gao & White 2007); fades at high mass.
     ab = model.assembly_bias * cat["_age"].to_numpy() * np.clip((13.0 - cat["M_h"].to_numpy()) / 2.0, 0.0, 1.0)
@@ -318,13 +316,6 @@ def summarize(df: pd.DataFrame) -> str:
         lines.append(f"quenched (sSFR < -11): {np.mean(df['sSFR'] < -11):.1%}; "
                      f"red (g-i > 1.0): {np.mean(df['color'] > 1.0):.1%}")
     return "\n".join(lines)
-
-
-def generate(n: int, box: float, seed: int) -> tuple[pd.DataFrame, float]:
-    """Generate and time a catalog (seconds)."""
-    t0 = time.perf_counter()
-    df = make_demo_catalog(n=n, box=box, seed=seed)
-    return df, time.perf_counter() - t0
 
 
 def model_parameters() -> dict[str, float]:
