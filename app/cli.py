@@ -215,7 +215,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     predictor = StackPredictor(_registry(args), path=args.path, targets=targets, model=args.model)
     t0 = time.perf_counter()
-    out = predict_table(df, predictor)
+    out = predict_table(df, predictor, progress=_progress_bar("predicting", "halo"))
     elapsed = time.perf_counter() - t0
     path = write_table(out, args.out, metadata={"kind": "prediction", "models": predictor.describe(),
                                                  "path": args.path, "galaxypaint": __version__})

@@ -6,7 +6,7 @@ features in schema order, in schema units, as float64; outputs are the targets i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,11 +100,23 @@ class StackPredictor:
                  "aliases": list(m.version.aliases)} for t, m in self.models.items()]
 
 
-def predict_table(df: pd.DataFrame, predictor: StackPredictor) -> pd.DataFrame:
-    """``df`` with one ``<target>_pred`` column per target appended (the input columns untouched)."""
+def predict_table(df: pd.DataFrame, predictor: StackPredictor, chunk_rows: int = 16384,
+                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """``df`` with one ``<target>_pred`` column per target appended (the input columns untouched).
+
+    Rows are predicted in chunks of ``chunk_rows``; ``progress(done, total)`` is called after each.
+    """
     x = df[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+    preds = {t: np.empty(len(x)) for t in predictor.targets}
+    if progress:
+        progress(0, len(x))
+    for start in range(0, len(x), chunk_rows):
+        for target, values in predictor.predict(x[start:start + chunk_rows]).items():
+            preds[target][start:start + len(values)] = values
+        if progress:
+            progress(min(start + chunk_rows, len(x)), len(x))
     out = df.copy()
-    for target, values in predictor.predict(x).items():
+    for target, values in preds.items():
         out[f"{target}_pred"] = values
     return out
 

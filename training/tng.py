@@ -74,6 +74,8 @@ def read_group_catalog(files: list[Path], progress: Callable[[int, int], None] |
     header: dict[str, float] = {}
     groups: dict[str, list[np.ndarray]] = {k: [] for k in _GROUP_FIELDS}
     subs: dict[str, list[np.ndarray]] = {k: [] for k in _SUBHALO_FIELDS}
+    if progress:
+        progress(0, len(files))
     for i, path in enumerate(files):
         try:
             with h5py.File(path, "r") as f:
