@@ -115,13 +115,14 @@ def assign_to_mesh(positions: np.ndarray, box: float, nmesh: int, scheme: str = 
     return mesh.reshape(nmesh, nmesh, nmesh)
 
 
-def _kgrid(nmesh: int, box: float) -> tuple[np.ndarray, np.ndarray]:
+def fourier_axes(nmesh: int, box: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wavenumbers [h/Mpc] along a full axis (``fftfreq``) and the halved last axis (``rfftfreq``)."""
     kf = 2.0 * np.pi / box
     return np.fft.fftfreq(nmesh, d=1.0 / nmesh) * kf, np.fft.rfftfreq(nmesh, d=1.0 / nmesh) * kf
 
 
 def _window(nmesh: int, box: float, order: int) -> np.ndarray:
-    kx, kz = _kgrid(nmesh, box)
+    kx, kz = fourier_axes(nmesh, box)
     h = box / nmesh
     wx = np.sinc(kx * h / (2.0 * np.pi)) ** order  # np.sinc(x) = sin(pi x)/(pi x)
     wz = np.sinc(kz * h / (2.0 * np.pi)) ** order
@@ -148,7 +149,7 @@ def density_field_k(positions: np.ndarray, box: float, nmesh: int = 256, scheme:
         mesh *= nmesh**3 / total
         mesh -= 1.0
         delta2 = scipy.fft.rfftn(mesh, workers=workers)
-        kx, kz = _kgrid(nmesh, box)
+        kx, kz = fourier_axes(nmesh, box)
         half = 0.5 * box / nmesh
         # particles were deposited at x + H/2, so delta2_k = delta_k exp(-i k.H/2): undo the shift
         phase = np.exp(1j * half * (kx[:, None, None] + kx[None, :, None] + kz[None, None, :]))
@@ -179,7 +180,7 @@ def default_k_edges(box: float, nmesh: int, nbins: int = 22, kmax: float | None 
 
 
 def _bin(values: np.ndarray, nmesh: int, box: float, edges: np.ndarray) -> tuple[np.ndarray, ...]:
-    kx, kz = _kgrid(nmesh, box)
+    kx, kz = fourier_axes(nmesh, box)
     kmag = np.sqrt(kx[:, None, None] ** 2 + kx[None, :, None] ** 2 + kz[None, None, :] ** 2)
     # rfft stores half the modes: planes kz=0 and kz=Nyquist once, the others stand for two modes.
     mult = np.full(kz.shape, 2.0)

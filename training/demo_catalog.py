@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, special
 
+from app.power_spectrum import fourier_axes
 from app.schema import CUTS, FEATURE_NAMES, TARGET_NAMES, TNG300_FEATURE_MOMENTS, ZERO_SFR_LOG_SSFR
 from training.cosmology import PLANCK15, Cosmology, linear_power, tinker08_dndlogm, tinker10_bias
 
@@ -180,9 +181,7 @@ def _gaussian_field(rng: np.random.Generator, nmesh: int, box: float, smoothing:
     white = rng.standard_normal((nmesh, nmesh, nmesh), dtype=np.float32)
     wk = np.fft.rfftn(white)
     del white
-    kf = 2.0 * np.pi / box
-    kx = np.fft.fftfreq(nmesh, d=1.0 / nmesh) * kf
-    kz = np.fft.rfftfreq(nmesh, d=1.0 / nmesh) * kf
+    kx, kz = fourier_axes(nmesh, box)
     k2 = kx[:, None, None] ** 2 + kx[None, :, None] ** 2 + kz[None, None, :] ** 2
     k = np.sqrt(k2)
     amp = np.sqrt(linear_power(k, cosmo) / cell**3) * np.exp(-0.5 * k2 * smoothing**2)
@@ -191,10 +190,7 @@ def _gaussian_field(rng: np.random.Generator, nmesh: int, box: float, smoothing:
 
 
 def _tophat_smooth(field: np.ndarray, box: float, radius: float) -> np.ndarray:
-    nmesh = field.shape[0]
-    kf = 2.0 * np.pi / box
-    kx = np.fft.fftfreq(nmesh, d=1.0 / nmesh) * kf
-    kz = np.fft.rfftfreq(nmesh, d=1.0 / nmesh) * kf
+    kx, kz = fourier_axes(field.shape[0], box)
     kr = np.sqrt(kx[:, None, None] ** 2 + kx[None, :, None] ** 2 + kz[None, None, :] ** 2) * radius
     with np.errstate(invalid="ignore", divide="ignore"):
         w = np.where(kr > 1e-6, 3.0 * (np.sin(kr) - kr * np.cos(kr)) / np.maximum(kr, 1e-6) ** 3, 1.0)
