@@ -76,7 +76,7 @@ class DemoModel:
     smass_conc: float = 0.04
     smass_age: float = 0.03
     smass_spin: float = -0.03
-    # quenching: logit P = (M_h - m_q)/width + age a + conc C'
+    # quenching: logit P = (M_h - m_q)/width + quench_age a
     quench_m: float = 12.0
     quench_width: float = 0.13
     quench_age: float = 1.5
