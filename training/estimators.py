@@ -120,14 +120,16 @@ def fit_knn(xt, yt, xv, yv, preset: Preset, seed: int, progress: Progress) -> Fi
 
     t0 = time.perf_counter()
     results = []
+    models = {}
     for p in sorted(preset.knn_p, reverse=True):  # p=2 first: its ONNX graph is the faster one
         for k in preset.knn_k:
             m = KNeighborsRegressor(n_neighbors=k, p=p, weights="uniform", n_jobs=_threads()).fit(xt, yt)
+            models[(k, p)] = m
             results.append({"k": k, "p": p, "val_mse": _mse(m.predict(xv), yv)})
             progress(f"kNN k={k} p={p}: val MSE {results[-1]['val_mse']:.5f}")
     best = _pick(results)
     k, p = best["k"], best["p"]
-    model = KNeighborsRegressor(n_neighbors=k, p=p, weights="uniform", n_jobs=_threads()).fit(xt, yt)
+    model = models[(k, p)]
     xt_c, yt_c = np.array(xt, dtype=np.float64), np.array(yt, dtype=np.float64)
     return Fitted("knn", {"n_neighbors": k, "p": p, "weights": "uniform"}, model.predict,
                   lambda inp, out, prefix: ox.knn_nodes(xt_c, yt_c, k, p, inp, out, prefix),
@@ -140,13 +142,13 @@ def fit_lgbm(xt, yt, xv, yv, preset: Preset, seed: int, progress: Progress) -> F
     t0 = time.perf_counter()
     results = []
     boosters = {}
+    dtrain = lgb.Dataset(xt, yt, free_raw_data=False)
+    dval = lgb.Dataset(xv, yv, reference=dtrain)
     for leaves in preset.lgbm_leaves:
         for mcs in preset.lgbm_min_child:
             params = {"objective": "regression", "learning_rate": preset.lgbm_lr, "num_leaves": leaves,
                       "min_child_samples": mcs, "seed": seed, "deterministic": True, "force_row_wise": True,
                       "num_threads": _threads(), "verbosity": -1}
-            dtrain = lgb.Dataset(xt, yt, free_raw_data=False)
-            dval = lgb.Dataset(xv, yv, reference=dtrain)
             booster = lgb.train(params, dtrain, num_boost_round=preset.lgbm_max_trees, valid_sets=[dval],
                                 callbacks=[lgb.early_stopping(preset.lgbm_patience, verbose=False)])
             n_trees = booster.best_iteration or booster.current_iteration()
