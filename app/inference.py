@@ -19,6 +19,15 @@ from app.schema import FEATURE_NAMES, TARGET_NAMES
 INPUT_NAME = "halo_features"
 
 
+def run_batched(session: ort.InferenceSession, x: np.ndarray, batch: int) -> np.ndarray:
+    """Predictions [N] of a ``halo_features`` graph for ``x`` [N, 5] (float64), ``batch`` rows per call."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    if len(x) == 0:
+        return np.zeros(0)
+    out = [session.run(None, {INPUT_NAME: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
+    return np.concatenate(out).reshape(-1).astype(np.float64)
+
+
 @dataclass
 class LoadedModel:
     """An onnxruntime session for one registered model version."""
@@ -41,14 +50,10 @@ class LoadedModel:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predictions [N] for features ``x`` [N, 5] (raw, schema units), batched to the graph's limit."""
-        x = np.ascontiguousarray(x, dtype=np.float64)
+        x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != len(FEATURE_NAMES):
             raise ValueError(f"expected an array of shape (N, {len(FEATURE_NAMES)}), got {x.shape}")
-        if len(x) == 0:
-            return np.zeros(0)
-        out = [self.session.run(None, {INPUT_NAME: x[i:i + self.max_batch_rows]})[0]
-               for i in range(0, len(x), self.max_batch_rows)]
-        return np.concatenate(out).reshape(-1).astype(np.float64)
+        return run_batched(self.session, x, self.max_batch_rows)
 
 
 class StackPredictor:
@@ -63,7 +68,9 @@ class StackPredictor:
                  model: str | None = None, threads: int = 0) -> None:
         self.registry = registry
         self.path = path
-        self.targets = tuple(targets) if targets else self._available_targets(path)
+        self._names = {m.name for m in registry.list_models()}
+        self.targets = tuple(targets) if targets else tuple(
+            t for t in TARGET_NAMES if f"{t}-{path}-stack" in self._names)
         if not self.targets:
             raise RegistryError(f"no {path}-path stack models in {registry.root}: train first "
                                 "(galaxypaint train --data FILE)")
@@ -74,18 +81,13 @@ class StackPredictor:
             mv = self._resolve(target, model)
             self.models[target] = LoadedModel.load(registry, mv, threads)
 
-    def _available_targets(self, path: str) -> tuple[str, ...]:
-        names = {m.name for m in self.registry.list_models()}
-        return tuple(t for t in TARGET_NAMES if f"{t}-{path}-stack" in names)
-
     def _resolve(self, target: str, model: str | None) -> ModelVersion:
         default = f"{target}-{self.path}-stack"
         if model is None:
             return self.registry.get(default)
         if model.isdigit():
             return self.registry.get(default, version=int(model))
-        if "@" not in model and "/" not in model and not model.startswith("models:/") and model not in {
-                m.name for m in self.registry.list_models()}:
+        if "@" not in model and "/" not in model and not model.startswith("models:/") and model not in self._names:
             return self.registry.get(default, alias=model)
         mv = self.registry.resolve(model)
         if mv.target != target:

@@ -44,6 +44,7 @@ def main() -> None:
 
     import onnxruntime as ort
 
+    from app.inference import run_batched
     from app.schema import FEATURE_NAMES
     from training.demo_catalog import make_demo_catalog
     from training.estimators import PRESETS
@@ -73,7 +74,7 @@ def main() -> None:
             sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
             def onnx_fn(x, _s=sess, _b=max_batch):
-                return np.concatenate([_s.run(None, {"halo_features": x[i:i + _b]})[0] for i in range(0, len(x), _b)])
+                return run_batched(_s, x, _b)
 
             if kind == "stack":
                 def native_fn(x):

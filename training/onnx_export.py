@@ -254,9 +254,9 @@ def check_fidelity(model_bytes: bytes, x: np.ndarray, expected: np.ndarray, tol:
     """Run the graph on ``x`` with onnxruntime and return max |ONNX - expected|; raise above ``tol``."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    got = np.concatenate([sess.run(None, {INPUT_NAME: np.ascontiguousarray(x[i:i + batch], dtype=np.float64)})[0]
-                          for i in range(0, len(x), batch)]).ravel() if len(x) else np.zeros(0)
+    from app.inference import run_batched
+
+    got = run_batched(ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"]), x, batch)
     diff = float(np.max(np.abs(got - np.asarray(expected, dtype=np.float64).ravel()))) if len(x) else 0.0
     if not diff <= tol:
         raise FidelityError(f"ONNX and native predictions differ by up to {diff:.3g} (> {tol:g})")
