@@ -10,7 +10,7 @@ import numpy as np
 from app.registry import ModelVersion, Registry
 from app.schema import FEATURE_NAMES, TARGET_NAMES
 from training import onnx_export as ox
-from training.pipeline import TrainingError, _graph, package_versions, Scaler
+from training.pipeline import TrainingError, build_graph, package_versions, Scaler
 
 FIDELITY_TOL = 1e-5
 
@@ -63,7 +63,7 @@ def import_lightgbm(path: str | Path, target: str, mean: np.ndarray, std: np.nda
     trees = ox.lightgbm_trees(booster)
     domain = {n: {"min": float(ranges[j, 0] * std[j] + mean[j]), "max": float(ranges[j, 1] * std[j] + mean[j])}
               for j, n in enumerate(FEATURE_NAMES)}
-    data = _graph(target, "raw", "external-lgbm", scaler,
+    data = build_graph(target, "raw", "external-lgbm", scaler,
                   [ox.tree_ensemble_nodes(trees, "scaled", ox.OUTPUT_NAME, average=False, prefix="lgbm_",
                                           float32_inputs=False)],
                   {"training_domain": domain, "source": p.name, "max_batch_rows": 65536})

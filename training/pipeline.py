@@ -131,8 +131,9 @@ class Scaler:
         return (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
 
 
-def _graph(target: str, path: str, kind: str, scaler: Scaler, parts: list[tuple[list, list]],
+def build_graph(target: str, path: str, kind: str, scaler: Scaler, parts: list[tuple[list, list]],
            meta: dict[str, Any]) -> bytes:
+    """One ONNX graph on raw features: the scaler, then ``parts`` (node and initializer lists), with metadata."""
     s_nodes, s_inits = ox.scaler_nodes(scaler.mean, scaler.scale, ox.INPUT_NAME, "scaled")
     nodes, inits = list(s_nodes), list(s_inits)
     for n, i in parts:
@@ -202,7 +203,7 @@ def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, pa
     for j, kind in enumerate(cfg.models):
         f = fitted[kind]
         progress(f"[{target}/{path}] exporting {kind} to ONNX")
-        data = _graph(target, path, kind, scaler, [f.onnx("scaled", ox.OUTPUT_NAME, f"{kind}_")],
+        data = build_graph(target, path, kind, scaler, [f.onnx("scaled", ox.OUTPUT_NAME, f"{kind}_")],
                       {**common_meta, "max_batch_rows": f.max_batch_rows})
         diff = _fidelity(data, x[te], test_preds[:, j], f.max_batch_rows, f"{target}/{path} {kind}")
         result["models"][kind].update({"onnx_max_abs_diff": diff, "onnx_bytes": len(data)})
@@ -212,7 +213,7 @@ def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, pa
                                  ox.OUTPUT_NAME))
     max_batch = min(fitted[k].max_batch_rows for k in cfg.models)
     progress(f"[{target}/{path}] exporting the fused stack to ONNX")
-    data = _graph(target, path, "stack", scaler, parts, {**common_meta, "max_batch_rows": max_batch,
+    data = build_graph(target, path, "stack", scaler, parts, {**common_meta, "max_batch_rows": max_batch,
                                                         "components": list(cfg.models)})
     diff = _fidelity(data, x[te], stack_test, max_batch, f"{target}/{path} stack")
     result["stack"].update({"onnx_max_abs_diff": diff, "onnx_bytes": len(data)})
