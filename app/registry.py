@@ -240,13 +240,11 @@ class Registry:
                     fh.flush()
                     os.fsync(fh.fileno())
                 try:
-                    os.link(tmp, final)  # atomic and fails if another writer took this version's file
+                    os.link(tmp, final)  # atomic, and fails if another writer took this version's file
                 except FileExistsError:
-                    raise
+                    continue
                 except OSError:  # filesystems without hard links: rename (checked for existence above)
                     os.replace(tmp, final)
-            except FileExistsError:
-                continue
             finally:
                 Path(tmp).unlink(missing_ok=True)
             try:
