@@ -1,0 +1,152 @@
+"""SMOGN: the vectorized sampler against the ``smogn`` package (the reference) and its own contract."""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import ks_2samp
+
+from app.schema import FEATURE_NAMES
+from training import smogn as ours
+from training.demo_catalog import make_demo_catalog
+
+COLS = list(FEATURE_NAMES)
+
+
+@pytest.fixture(scope="module")
+def halos():
+    return make_demo_catalog(n=20_000, seed=11)
+
+
+def _sample(halos, target, n, seed=1):
+    return halos[COLS + [target]].sample(n, random_state=seed).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("target", ["smass", "sSFR", "radius", "color"])
+def test_relevance_matches_the_package_exactly(halos, target):
+    ref_phi_ctrl = pytest.importorskip("smogn.phi_ctrl_pts")
+    ref_phi = pytest.importorskip("smogn.phi")
+    d = _sample(halos, target, 5000)
+    p = ours.PAPER_DEFAULTS[target]
+    y_sorted = d[target].sort_values()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        params = ref_phi_ctrl.phi_ctrl_pts(y=y_sorted, method=p["rel_method"], xtrm_type="both", coef=1.5,
+                                           ctrl_pts=p.get("rel_ctrl_pts_rg"))
+        expected = np.array(ref_phi.phi(y_sorted, params))
+    pts = ours.control_points(y_sorted.to_numpy(), p["rel_method"], "both", 1.5, p.get("rel_ctrl_pts_rg"))
+    np.testing.assert_array_equal(pts.ravel(), np.asarray(params["ctrl_pts"], dtype=float))
+    np.testing.assert_allclose(ours.relevance(y_sorted.to_numpy(), pts), expected, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("target", ["smass", "sSFR", "radius", "color"])
+def test_package_variant_reproduces_the_reference_counts_and_distributions(halos, target):
+    smogn = pytest.importorskip("smogn")
+    d = _sample(halos, target, 700, seed=2)
+    p = ours.PAPER_DEFAULTS[target]
+    np.random.seed(0)
+    random.seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = smogn.smoter(data=d, y=target, **p)
+    mine = ours.smoter(d, target, seed=0, variant="smogn-0.1.2", **p)
+    assert len(mine) == len(ref) and list(mine.columns) == list(d.columns)
+    for col in d.columns:  # same distributions: two-sample K-S test does not reject at 0.1 %
+        assert ks_2samp(ref[col], mine[col]).pvalue > 1e-3, col
+
+
+def test_paper_variant_keeps_rare_originals_and_samples_normal_rows(halos):
+    d = _sample(halos, "radius", 4000, seed=3)
+    sampler = ours.paper_sampler("radius", seed=4)
+    x_new, y_new = sampler.fit_resample(d[COLS].to_numpy(), d["radius"].to_numpy())
+    original = {tuple(r) for r in d.to_numpy()}
+    new_rows = np.column_stack([x_new, y_new])
+    is_orig = np.array([tuple(r) in original for r in new_rows])
+    assert (~is_orig).sum() == sampler.n_synthetic_ > 0
+    expected = 0
+    for rows, ratio in zip(sampler.bins_, sampler.ratios_):
+        n = len(rows)
+        if ratio > 1:
+            expected += n + int(ratio - 1) * n + int(n * (ratio - 1 - int(ratio - 1)))
+        else:
+            expected += int(ratio * n) if ratio < 1 else n
+    assert len(y_new) == expected
+    # rare bins keep every original row
+    rare = max(zip(sampler.ratios_, range(len(sampler.bins_))))[1]
+    rare_rows = {tuple(r) for r in d.to_numpy()[sampler.bins_[rare]]}
+    assert rare_rows <= {tuple(r) for r in new_rows[is_orig]}
+    assert np.isfinite(new_rows).all()
+
+
+def test_seeded_deterministic_and_any_index(halos):
+    d = _sample(halos, "sSFR", 3000, seed=5)
+    d.index = np.arange(len(d))[::-1] * 7 + 1000  # not a RangeIndex
+    a = ours.smoter(d, "sSFR", seed=9, **ours.PAPER_DEFAULTS["sSFR"])
+    b = ours.smoter(d, "sSFR", seed=9, **ours.PAPER_DEFAULTS["sSFR"])
+    c = ours.smoter(d, "sSFR", seed=10, **ours.PAPER_DEFAULTS["sSFR"])
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.equals(c)
+    assert np.isfinite(a.to_numpy()).all()
+
+
+def test_nan_rows_dropped_or_refused(halos):
+    d = _sample(halos, "sSFR", 1000, seed=6)
+    d.loc[3, "C_h"] = np.nan
+    out = ours.smoter(d, "sSFR", seed=0, **ours.PAPER_DEFAULTS["sSFR"])
+    assert np.isfinite(out.to_numpy()).all()
+    with pytest.raises(ValueError, match="NaN"):
+        ours.smoter(d, "sSFR", seed=0, drop_na_row=False, **ours.PAPER_DEFAULTS["sSFR"])
+
+
+def test_small_rare_bin_uses_noise_copies():
+    # one extreme row forms its own rare bin: the package copies it with zero noise (half-median of {0})
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 3))
+    y = rng.normal(size=300)
+    y[0] = 40.0
+    s = ours.SMOGN(k=5, rel_method="manual", rel_ctrl_pts_rg=[[-5, 0, 0], [10, 0, 0], [30, 1, 0]],
+                   rel_thres=0.5, random_state=1)
+    x_new, y_new = s.fit_resample(x, y)
+    assert [len(b) for b in s.bins_] == [299, 1]
+    copies = y_new == 40.0
+    assert copies.sum() == 150 and np.allclose(x_new[copies], x[0])
+
+
+def test_half_median_subset_estimate_is_close():
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(3000, 4))
+    exact = ours._half_median_distance(data, np.random.default_rng(0), median_rows=5000)
+    from scipy.spatial.distance import cdist
+
+    brute = np.median(cdist(data, data), axis=1) / 2
+    np.testing.assert_allclose(exact, brute, rtol=1e-9)
+    approx = ours._half_median_distance(data, np.random.default_rng(0), median_rows=1000)
+    assert np.abs(approx / exact - 1).max() < 0.1
+
+
+def test_bad_parameters_are_refused(halos):
+    d = _sample(halos, "color", 500)
+    x, y = d[COLS].to_numpy(), d["color"].to_numpy()
+    with pytest.raises(ValueError, match="pert"):
+        ours.SMOGN(pert=1.5).fit(x, y)
+    with pytest.raises(ValueError, match="relevance values must lie in"):
+        ours.SMOGN(rel_method="manual", rel_ctrl_pts_rg=[[0, 2, 0], [1, 0, 0]]).fit(x, y)
+    with pytest.raises(ValueError, match="distinct"):
+        ours.SMOGN(rel_method="manual", rel_ctrl_pts_rg=[[0, 1, 0], [0, 0, 0]]).fit(x, y)
+    with pytest.raises(ValueError, match="is 0 for every target"):
+        ours.SMOGN(rel_method="manual", rel_ctrl_pts_rg=[[-9, 0, 0], [9, 0, 0]]).fit(x, y)
+    with pytest.raises(ValueError, match="samp_method"):
+        ours.SMOGN(samp_method="half").fit(x, y)
+    with pytest.raises(ValueError, match="not in the table"):
+        ours.smoter(d, "mass")
+
+
+def test_estimator_contract():
+    s = ours.SMOGN(k=7, random_state=3)
+    assert s.get_params()["k"] == 7 and not hasattr(s, "bins_")
+    x = np.random.default_rng(0).normal(size=(200, 2))
+    assert s.fit(x, x[:, 0] ** 3) is s and hasattr(s, "phi_") and s.n_features_in_ == 2
