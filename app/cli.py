@@ -101,12 +101,31 @@ def _csv_list(value: str | None, allowed: Sequence[str], what: str) -> tuple[str
     return items
 
 
+def _smogn_overrides(path: str | None) -> dict:
+    """Per-target SMOGN parameters from a JSON file: ``{"sSFR": {"k": 5, "rel_thres": 0.3}, ...}``."""
+    if not path:
+        return {}
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UserError(f"cannot read --smogn-config {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--smogn-config {path} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise UserError(f"--smogn-config {path} must map target names to parameter objects")
+    return data
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from training.pipeline import PATHS, TrainConfig, TrainingError, format_table, run_training
 
     targets = _csv_list(args.targets, TARGET_NAMES, "target")
     paths = _csv_list(args.paths or "raw", PATHS, "path")
-    cfg = TrainConfig(targets=targets, paths=paths, seed=args.seed, preset=args.preset, alias=args.alias or None)
+    cfg = TrainConfig(targets=targets, paths=paths, seed=args.seed, preset=args.preset, alias=args.alias or None,
+                      smogn=_smogn_overrides(args.smogn_config))
     try:
         cfg.validate()
     except TrainingError as exc:
@@ -264,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="training table (.parquet, .csv, .hdf5)")
     p.add_argument("--targets", help=f"comma-separated subset of {','.join(TARGET_NAMES)} (default: all)")
     p.add_argument("--paths", help="raw and/or smogn (default: raw)")
+    p.add_argument("--smogn-config", help="JSON file of per-target SMOGN parameters overriding the paper's "
+                                          '(e.g. {"sSFR": {"k": 5}})')
     p.add_argument("--seed", type=int, default=42, help="seed of the split and of every model (default 42)")
     p.add_argument("--preset", choices=("fast", "paper"), default="fast", help="hyperparameter search size")
     p.add_argument("--registry", help=reg_help)

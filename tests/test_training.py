@@ -114,8 +114,10 @@ def test_split_column_is_honoured_and_seeded_split_is_reproducible():
 def test_training_failure_paths(tmp_path):
     reg = Registry(tmp_path)
     df = make_demo_catalog(n=300, seed=2)
-    with pytest.raises(TrainingError, match="SMOGN path is not available yet"):
-        run_training(df, reg, TrainConfig(paths=("raw", "smogn")))
+    with pytest.raises(TrainingError, match="SMOGN parameters for sSFR: .*neighbours"):
+        run_training(df, reg, TrainConfig(paths=("smogn",), smogn={"sSFR": {"neighbours": 3}}))
+    with pytest.raises(TrainingError, match="SMOGN on the train split of sSFR: pert"):
+        run_training(df, reg, TrainConfig(targets=("sSFR",), paths=("smogn",), smogn={"sSFR": {"pert": 2.0}}))
     with pytest.raises(TrainingError, match="lacks color"):
         run_training(df.drop(columns="color"), reg, TrainConfig(targets=("color",)))
     with pytest.raises(TrainingError, match="too few rows"):
@@ -123,5 +125,25 @@ def test_training_failure_paths(tmp_path):
     assert reg.list_models() == []
     res = cli("train", "--data", str(tmp_path / "none.parquet"), "--registry", str(tmp_path))
     assert res.returncode == 1 and "no such file" in res.stderr
+    (tmp_path / "bad.json").write_text("{\"sSFR\": 3")
+    res = cli("train", "--data", "x.parquet", "--paths", "smogn", "--smogn-config", str(tmp_path / "bad.json"))
+    assert res.returncode == 1 and "--smogn-config" in res.stderr and "not valid JSON" in res.stderr
     res = cli("train", "--data", "x.parquet", "--targets", "mass")
     assert res.returncode == 1 and "unknown target mass" in res.stderr
+
+
+def test_smogn_path_augments_train_and_validation_only(tmp_path):
+    df = make_demo_catalog(n=3000, seed=4)
+    reg = Registry(tmp_path)
+    cfg = TrainConfig(targets=("sSFR",), paths=("raw", "smogn"), models=("knn", "lgbm"), seed=3)
+    summary = run_training(df, reg, cfg)
+    raw, smogn = summary["results"]["sSFR"]["raw"], summary["results"]["sSFR"]["smogn"]
+    assert smogn["n_test"] == raw["n_test"] == 1200  # the test split is never augmented
+    aug = smogn["smogn"]
+    assert aug["train"]["rows_in"] == raw["n_train"] and aug["train"]["rows_out"] == smogn["n_train"]
+    assert aug["val"]["rows_in"] == raw["n_val"] and aug["val"]["rows_out"] == smogn["n_val"]
+    assert aug["train"]["synthetic"] > 0 and aug["params"]["rel_thres"] == 0.2  # the paper's sSFR settings
+    assert smogn["stack"]["onnx_max_abs_diff"] <= 1e-4 and smogn["stack"]["pearson_r"] > 0.5
+    mv = reg.get("sSFR-smogn-stack")
+    assert mv.path == "smogn" and mv.extra["smogn"]["train"]["synthetic"] == aug["train"]["synthetic"]
+    assert {m.name for m in reg.list_models()} >= {"sSFR-raw-stack", "sSFR-smogn-stack", "sSFR-smogn-knn"}

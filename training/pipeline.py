@@ -1,6 +1,8 @@
 """Training runs: split, fit the four models and the stack per target and path, measure, export, register.
 
 One run = one table, one seed, one preset.  For each target and path the run
+0. on the ``smogn`` path, augments the training and the validation split separately with SMOGN
+   (``training.smogn``, the paper's per-target settings); the test split is never augmented;
 1. standardizes the 5 halo features (StandardScaler fitted on the training split);
 2. fits ERT, kNN, LightGBM and the NN, each chosen on the validation split (``training.estimators``);
 3. fits the stack, a LinearRegression on the four models' validation-set predictions;
@@ -32,6 +34,7 @@ from app.schema import COLUMNS, FEATURE_NAMES, SPLIT_COLUMN, TARGET_NAMES
 from training import onnx_export as ox
 from training.estimators import MODEL_KINDS, PRESETS, FITTERS, Fitted, Preset
 from training.metrics import normalized, permutation_importance, regression_metrics
+from training.smogn import paper_sampler as smogn_sampler
 
 PATHS: tuple[str, ...] = ("raw", "smogn")
 SPLIT_FRACTIONS = (0.48, 0.12, 0.40)
@@ -52,6 +55,8 @@ class TrainConfig:
     preset: str = "fast"
     alias: str | None = "production"
     models: tuple[str, ...] = MODEL_KINDS
+    #: per-target SMOGN parameters overriding ``training.smogn.PAPER_DEFAULTS`` (e.g. ``{"sSFR": {"k": 5}}``)
+    smogn: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -61,9 +66,13 @@ class TrainConfig:
         bad = [p for p in self.paths if p not in PATHS]
         if bad:
             raise TrainingError(f"unknown path {', '.join(bad)}: choose from {', '.join(PATHS)}")
-        if "smogn" in self.paths:
-            raise TrainingError("the SMOGN path is not available yet (its augmentation is a separate issue); "
-                                "use --paths raw")
+        for target, params in self.smogn.items():
+            if target not in TARGET_NAMES:
+                raise TrainingError(f"SMOGN parameters for unknown target {target!r}")
+            try:
+                smogn_sampler(target, self.seed, **params).get_params()
+            except TypeError as exc:
+                raise TrainingError(f"SMOGN parameters for {target}: {exc}") from None
         if self.preset not in PRESETS:
             raise TrainingError(f"unknown preset {self.preset!r}: choose from {', '.join(PRESETS)}")
 
@@ -161,10 +170,13 @@ def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, pa
     x = df[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
     y = df[target].to_numpy(dtype=np.float64)
     tr, va, te = split["train"], split["val"], split["test"]
-    scaler = Scaler.fit(x[tr])
-    xs = scaler.transform(x)
-    xt, xv, xe = xs[tr], xs[va], xs[te]
-    yt, yv, ye = y[tr], y[va], y[te]
+    x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
+    augmentation = None
+    if path == "smogn":
+        x_tr, y_tr, x_va, y_va, augmentation = _augment(target, cfg, x_tr, y_tr, x_va, y_va, progress)
+    scaler = Scaler.fit(x_tr)
+    xt, xv, xe = scaler.transform(x_tr), scaler.transform(x_va), scaler.transform(x[te])
+    yt, yv, ye = y_tr, y_va, y[te]
 
     fitted: dict[str, Fitted] = {}
     for kind in cfg.models:
@@ -173,6 +185,7 @@ def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, pa
         fitted[kind] = FITTERS[kind](xt, yt, xv, yv, preset, cfg.seed, lambda m, _k=kind: progress(f"[{target}/{path}] {m}"))
         progress(f"[{target}/{path}] {kind} done in {time.perf_counter() - t0:.1f} s")
 
+    progress(f"[{target}/{path}] test-set metrics and permutation importance")
     val_preds = np.column_stack([fitted[k].predict(xv) for k in cfg.models])
     test_preds = np.column_stack([fitted[k].predict(xe) for k in cfg.models])
     stack = _stack_fit(val_preds, yv)
@@ -180,7 +193,9 @@ def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, pa
 
     rng = np.random.default_rng(cfg.seed)
     sub = np.sort(rng.choice(len(te), size=min(preset.importance_rows, len(te)), replace=False))
-    result: dict[str, Any] = {"models": {}, "n_train": len(tr), "n_val": len(va), "n_test": len(te)}
+    result: dict[str, Any] = {"models": {}, "n_train": len(yt), "n_val": len(yv), "n_test": len(te)}
+    if augmentation:
+        result["smogn"] = augmentation
     for j, kind in enumerate(cfg.models):
         f = fitted[kind]
         imp, imp_std = permutation_importance(f.predict, xe[sub], ye[sub], preset.importance_repeats, cfg.seed)
@@ -197,7 +212,7 @@ def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, pa
                        "importance_std": dict(zip(cfg.models, imp_std.tolist())),
                        "importance_normalized": dict(zip(cfg.models, normalized(imp, ref).tolist()))}
 
-    domain = training_domain(x[tr])
+    domain = training_domain(x_tr)
     common_meta = {"training_domain": domain, "seed": cfg.seed, "galaxypaint": __version__}
     graphs: dict[str, tuple[bytes, int]] = {}
     for j, kind in enumerate(cfg.models):
@@ -224,6 +239,28 @@ def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, pa
     if keep_models:
         result["native"] = {"fitted": fitted, "stack": stack, "scaler": scaler}
     return result
+
+
+def _augment(target: str, cfg: TrainConfig, x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray,
+             y_va: np.ndarray, progress: Progress):
+    """SMOGN on the training and the validation split separately (features in schema units + target)."""
+    out = []
+    info: dict[str, Any] = {}
+    for name, xs, ys, seed in (("train", x_tr, y_tr, cfg.seed), ("val", x_va, y_va, cfg.seed + 1)):
+        t0 = time.perf_counter()
+        sampler = smogn_sampler(target, seed, **cfg.smogn.get(target, {}))
+        try:
+            xa, ya = sampler.fit_resample(xs, ys)
+        except ValueError as exc:
+            raise TrainingError(f"SMOGN on the {name} split of {target}: {exc}") from None
+        out += [xa, ya]
+        info[name] = {"rows_in": int(len(ys)), "rows_out": int(len(ya)), "synthetic": int(sampler.n_synthetic_),
+                      "bins": [int(len(b)) for b in sampler.bins_], "ratios": [float(r) for r in sampler.ratios_],
+                      "seconds": time.perf_counter() - t0}
+        progress(f"[{target}/smogn] SMOGN {name}: {len(ys)} -> {len(ya)} rows ({sampler.n_synthetic_} synthetic, "
+                 f"bins {info[name]['bins']}) in {info[name]['seconds']:.1f} s")
+    info["params"] = {k: v for k, v in sampler.get_params().items() if k != "random_state"}
+    return (*out, info)
 
 
 def _fidelity(data: bytes, x_raw: np.ndarray, expected: np.ndarray, batch: int, what: str) -> float:
@@ -280,7 +317,8 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
                     model_name(target, path, kind), data, target=target, path=path, kind=kind, metrics=metrics,
                     hyperparameters=hyper, seed=cfg.seed, data_fingerprint=fingerprint, package_versions=versions,
                     feature_schema=list(FEATURE_NAMES), training_domain=res["training_domain"], run_id=run_id,
-                    extra={"max_batch_rows": max_batch, "scaler": res["scaler"], "preset": cfg.preset},
+                    extra={"max_batch_rows": max_batch, "scaler": res["scaler"], "preset": cfg.preset,
+                           **({"smogn": res["smogn"]} if "smogn" in res else {})},
                     aliases=(cfg.alias,) if cfg.alias else ())
                 published.append(mv.uri)
     summary["published"] = published
