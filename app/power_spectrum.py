@@ -11,6 +11,7 @@ odd aliasing images.  Shot noise V/N is reported and, on request, subtracted.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,11 +89,12 @@ def _axis_weights(u: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
 
 def assign_to_mesh(positions: np.ndarray, box: float, nmesh: int, scheme: str = "cic",
                    weights: np.ndarray | None = None, shift: float = 0.0,
-                   chunk_size: int = 1_000_000, out: np.ndarray | None = None) -> np.ndarray:
+                   chunk_size: int = 1 << 19, out: np.ndarray | None = None) -> np.ndarray:
     """Deposit particles on an ``nmesh^3`` periodic mesh (float64), in chunks of ``chunk_size``.
 
     ``shift`` (in cells) displaces every particle before assignment (0.5 for interlacing).
-    Memory: the mesh plus O(chunk_size * order^3) temporaries, whatever the number of particles.
+    Memory: the mesh, one mesh-sized bincount result and ``16 order^3 chunk_size`` bytes of index and
+    weight temporaries per chunk, whatever the number of particles.
     """
     order = _scheme_order(scheme)
     pos = np.asarray(positions)
@@ -104,14 +106,16 @@ def assign_to_mesh(positions: np.ndarray, box: float, nmesh: int, scheme: str = 
         p = np.asarray(pos[start:start + chunk_size], dtype=np.float64)
         w = None if weights is None else np.asarray(weights[start:start + chunk_size], dtype=np.float64)
         idx, wt = zip(*(_axis_weights(p[:, a] / cell + shift, order) for a in range(3)))
-        for i in range(order):
-            ix = (idx[0][i] % nmesh) * nmesh * nmesh
-            wx = wt[0][i] if w is None else wt[0][i] * w
-            for j in range(order):
-                ixy = ix + (idx[1][j] % nmesh) * nmesh
-                wxy = wx * wt[1][j]
-                for k in range(order):
-                    mesh += np.bincount(ixy + idx[2][k] % nmesh, weights=wxy * wt[2][k], minlength=nmesh**3)
+        # all order^3 neighbour cells of the chunk at once
+        flat = ((idx[0] % nmesh)[:, None, None, :] * nmesh
+                + (idx[1] % nmesh)[None, :, None, :]) * nmesh + (idx[2] % nmesh)[None, None, :, :]
+        wts = wt[0][:, None, None, :] * wt[1][None, :, None, :] * wt[2][None, None, :, :]
+        if w is not None:
+            wts = wts * w
+        if flat.size * 4 < mesh.size:  # sparse: scatter-add, no mesh-sized temporary
+            np.add.at(mesh, flat.ravel(), wts.ravel())
+        else:
+            mesh += np.bincount(flat.ravel(), weights=wts.ravel(), minlength=nmesh**3)
     return mesh.reshape(nmesh, nmesh, nmesh)
 
 
@@ -121,17 +125,23 @@ def fourier_axes(nmesh: int, box: float) -> tuple[np.ndarray, np.ndarray]:
     return np.fft.fftfreq(nmesh, d=1.0 / nmesh) * kf, np.fft.rfftfreq(nmesh, d=1.0 / nmesh) * kf
 
 
-def _window(nmesh: int, box: float, order: int) -> np.ndarray:
+def _window_1d(nmesh: int, box: float, order: int) -> tuple[np.ndarray, np.ndarray]:
+    """The assignment window along a full axis and along the halved last axis (it is separable)."""
     kx, kz = fourier_axes(nmesh, box)
     h = box / nmesh
-    wx = np.sinc(kx * h / (2.0 * np.pi)) ** order  # np.sinc(x) = sin(pi x)/(pi x)
-    wz = np.sinc(kz * h / (2.0 * np.pi)) ** order
-    return wx[:, None, None] * wx[None, :, None] * wz[None, None, :]
+    return np.sinc(kx * h / (2.0 * np.pi)) ** order, np.sinc(kz * h / (2.0 * np.pi)) ** order
+
+
+def _scale_separable(field: np.ndarray, fx: np.ndarray, fz: np.ndarray) -> None:
+    """field *= fx[i] fx[j] fz[l], in place and without a mesh-sized temporary."""
+    field *= fx[:, None, None]
+    field *= fx[None, :, None]
+    field *= fz[None, None, :]
 
 
 def density_field_k(positions: np.ndarray, box: float, nmesh: int = 256, scheme: str = "tsc",
                     interlacing: bool = True, weights: np.ndarray | None = None,
-                    compensate: bool = True, chunk_size: int = 1_000_000,
+                    compensate: bool = True, chunk_size: int = 1 << 19,
                     workers: int = -1) -> tuple[np.ndarray, float]:
     """Fourier-space density contrast delta_k (rfft layout, divided by Nmesh^3) and N (sum of weights)."""
     order = _scheme_order(scheme)
@@ -152,12 +162,15 @@ def density_field_k(positions: np.ndarray, box: float, nmesh: int = 256, scheme:
         kx, kz = fourier_axes(nmesh, box)
         half = 0.5 * box / nmesh
         # particles were deposited at x + H/2, so delta2_k = delta_k exp(-i k.H/2): undo the shift
-        phase = np.exp(1j * half * (kx[:, None, None] + kx[None, :, None] + kz[None, None, :]))
-        delta = 0.5 * (delta + delta2 * phase)
+        _scale_separable(delta2, np.exp(1j * half * kx), np.exp(1j * half * kz))
+        delta += delta2
+        delta *= 0.5
+        del delta2
     del mesh
     delta /= nmesh**3
     if compensate:
-        delta /= _window(nmesh, box, order)
+        wx, wz = _window_1d(nmesh, box, order)
+        _scale_separable(delta, 1.0 / wx, 1.0 / wz)
     return delta, total
 
 
@@ -179,31 +192,46 @@ def default_k_edges(box: float, nmesh: int, nbins: int = 22, kmax: float | None 
     return np.linspace(0.5 * kf, kmax, nbins + 1)
 
 
-def _bin(values: np.ndarray, nmesh: int, box: float, edges: np.ndarray) -> tuple[np.ndarray, ...]:
+@functools.lru_cache(maxsize=2)
+def _bin_layout(nmesh: int, box: float, edges: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bin index of every rfft mode (``len(edges) - 1`` = outside), mean |k| and mode count per bin."""
     kx, kz = fourier_axes(nmesh, box)
-    kmag = np.sqrt(kx[:, None, None] ** 2 + kx[None, :, None] ** 2 + kz[None, None, :] ** 2)
-    # rfft stores half the modes: planes kz=0 and kz=Nyquist once, the others stand for two modes.
-    mult = np.full(kz.shape, 2.0)
+    kmag = np.sqrt(kx[:, None, None] ** 2 + kx[None, :, None] ** 2 + kz[None, None, :] ** 2).ravel()
+    nb = len(edges) - 1
+    which = np.digitize(kmag, np.asarray(edges)) - 1
+    which[(which < 0) | (which >= nb) | (kmag == 0)] = nb
+    which = which.astype(np.int32)
+    mult = np.broadcast_to(_rfft_multiplicity(nmesh)[None, None, :], (nmesh, nmesh, len(kz))).ravel()
+    modes = np.bincount(which, weights=mult, minlength=nb + 1)[:nb]
+    ksum = np.bincount(which, weights=mult * kmag, minlength=nb + 1)[:nb]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return which, ksum / modes, modes
+
+
+def _rfft_multiplicity(nmesh: int) -> np.ndarray:
+    """rfft stores half the modes: planes kz=0 and kz=Nyquist once, the others stand for two modes."""
+    mult = np.full(nmesh // 2 + 1, 2.0)
     mult[0] = 1.0
     if nmesh % 2 == 0:
         mult[-1] = 1.0
-    mult = np.broadcast_to(mult[None, None, :], kmag.shape)
-    which = np.digitize(kmag.ravel(), edges) - 1
-    ok = (which >= 0) & (which < len(edges) - 1) & (kmag.ravel() > 0)
+    return mult
+
+
+def _bin(values: np.ndarray, nmesh: int, box: float, edges: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Mode-weighted bin averages of ``values`` (rfft layout): mean |k|, mean value, mode count."""
+    which, kmean, modes = _bin_layout(nmesh, float(box), tuple(float(e) for e in edges))
     nb = len(edges) - 1
-    w = mult.ravel()[ok]
-    modes = np.bincount(which[ok], weights=w, minlength=nb)
-    ksum = np.bincount(which[ok], weights=w * kmag.ravel()[ok], minlength=nb)
-    psum = np.bincount(which[ok], weights=w * values.ravel()[ok], minlength=nb)
+    weighted = (values * _rfft_multiplicity(nmesh)[None, None, :]).ravel()
+    psum = np.bincount(which, weights=weighted, minlength=nb + 1)[:nb]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return ksum / modes, psum / modes, modes
+        return kmean, psum / modes, modes
 
 
 def power_spectrum(positions: np.ndarray, box: float, nmesh: int = 256, scheme: str = "tsc",
                    interlacing: bool = True, k_edges: np.ndarray | None = None, nbins: int = 22,
                    kmax: float | None = None, log_bins: bool = False, subtract_shot_noise: bool = False,
                    weights: np.ndarray | None = None, positions2: np.ndarray | None = None,
-                   weights2: np.ndarray | None = None, chunk_size: int = 1_000_000) -> PowerSpectrum:
+                   weights2: np.ndarray | None = None, chunk_size: int = 1 << 19) -> PowerSpectrum:
     """Auto power spectrum of ``positions`` or, with ``positions2``, their cross spectrum.
 
     Positions are wrapped into [0, box).  Shot noise is V/N for an auto spectrum (V sum w^2 /
@@ -238,13 +266,13 @@ def gaussian_error(power: np.ndarray, k_edges: np.ndarray, box: float,
                    number_density: float) -> np.ndarray:
     """1-sigma Gaussian error of P(k) as in the paper: sigma^2/P^2 = 2/(V_k V) ((1 + nP)/(nP))^2.
 
-    V_k = 4 pi k^2 dk / (2 pi)^3 is the shell volume in k-space (k the bin centre); ``power`` is the
-    shot-noise-included spectrum [(Mpc/h)^3], ``number_density`` in (Mpc/h)^-3.
+    ``power`` is the shot-noise-subtracted signal P [(Mpc/h)^3] and ``number_density`` n in
+    (Mpc/h)^-3, so that sigma = sqrt(2 / (V_k V)) (P + 1/n) (finite where P crosses zero);
+    V_k = 4 pi k^2 dk / (2 pi)^3 is the shell volume in k-space (k the bin centre).
     """
+    if number_density <= 0:
+        raise ValueError("number_density must be positive")
     kc = 0.5 * (k_edges[1:] + k_edges[:-1])
     dk = np.diff(k_edges)
     vk = 4.0 * np.pi * kc**2 * dk / (2.0 * np.pi) ** 3
-    npow = number_density * np.asarray(power, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel2 = 2.0 / (vk * box**3) * ((1.0 + npow) / npow) ** 2
-    return np.abs(power) * np.sqrt(rel2)
+    return np.sqrt(2.0 / (vk * box**3)) * np.abs(np.asarray(power, dtype=float) + 1.0 / number_density)
