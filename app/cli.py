@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from app import __version__
 from app.catalogs import CatalogError, detect_format, load_catalog, write_table
 from app.registry import Registry, RegistryError, dumps
-from app.schema import FEATURE_NAMES, TARGET_NAMES, TNG300_FEATURE_MOMENTS
+from app.schema import FEATURE_NAMES, POSITION_NAMES, TARGET_NAMES, TNG300_FEATURE_MOMENTS
 from app.settings import get_settings
 
 
@@ -244,6 +244,68 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_bin_edges(value: str | None) -> dict[str, list[float]]:
+    """``paper`` (default) or ``smass=8.8:10.6:12.7,color=-0.2:0.9:1.2`` (lo:mid:hi per property)."""
+    if not value or value == "paper":
+        return {}
+    out = {}
+    for item in value.split(","):
+        name, _, edges = item.partition("=")
+        try:
+            out[name.strip()] = [float(v) for v in edges.split(":")]
+        except ValueError:
+            raise UserError(f"--bins {item!r}: expected NAME=LO:MID:HI with numbers") from None
+    return out
+
+
+def cmd_pk(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from app.clustering import bin_edges, compare_catalog, long_table, summary_table
+    from app.figures import plot_clustering
+
+    if args.box <= 0 or args.nmesh < 8:
+        raise UserError("--box must be positive and --nmesh at least 8")
+    targets = _csv_list(args.targets, TARGET_NAMES, "target") if args.targets else None
+    try:
+        edges = bin_edges(_parse_bin_edges(args.bins))
+    except ValueError as exc:
+        raise UserError(f"--bins: {exc}") from None
+    df, report = load_catalog(args.catalog, require=list(POSITION_NAMES), mapping=args.columns, range_policy="warn")
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    pos = df[list(POSITION_NAMES)].to_numpy()
+    if len(pos) and (pos.min() < -1e-6 * args.box or pos.max() > args.box * (1 + 1e-6)):
+        raise UserError(f"halo positions span [{pos.min():.3g}, {pos.max():.3g}] Mpc/h, outside the box "
+                        f"[0, {args.box:g}]: give the right --box")
+    bar = _progress_bar("power spectra", "bin")
+    t0 = time.perf_counter()
+    try:
+        results = compare_catalog(df, args.box, args.nmesh, targets, edges,
+                                  progress=lambda f, _m: bar(int(round(100 * f)), 100))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"catalog": str(args.catalog), "box": args.box, "nmesh": args.nmesh, "scheme": "tsc",
+               "interlacing": True, "edges": {t: list(e) for t, e in edges.items()},
+               "results": [r.as_dict() for r in results], "galaxypaint": __version__}
+    text = json.dumps(payload, indent=1)
+    (out / "pk.json").write_text(text)
+    long_table(results).to_csv(out / "pk.csv", index=False)
+    table = summary_table(results)
+    table.to_csv(out / "pk_summary.csv", index=False)
+    plot_clustering(results, out / "pk.png", title=f"{Path(args.catalog).name}: predicted vs true P(k)")
+    if args.json:
+        print(text)
+    else:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print(f"{len(results)} bins in {time.perf_counter() - t0:.1f} s; wrote pk.json, pk.csv, pk_summary.csv, "
+              f"pk.png in {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="galaxypaint", description=(
         "Learn, serve and paint the halo-galaxy connection (de Santi et al. 2022)."))
@@ -331,6 +393,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lenient", action="store_true", help="warn about out-of-range values instead of failing")
     p.add_argument("--registry", help=reg_help)
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("pk", help="power spectra of predicted vs true galaxy populations (paper Fig. 9)",
+                       description="Split galaxies in two bins per property and compare the P(k) of the "
+                                   "predicted (<target>_pred) and true (<target>) populations.")
+    p.add_argument("--catalog", required=True, help="painted/predicted catalog with x, y, z and <target>_pred")
+    p.add_argument("--out", required=True, help="output directory (pk.json, pk.csv, pk_summary.csv, pk.png)")
+    p.add_argument("--box", type=float, default=205.0, help="periodic box side [Mpc/h] (default 205)")
+    p.add_argument("--nmesh", type=int, default=256, help="FFT mesh per side (default 256; TSC + interlacing)")
+    p.add_argument("--bins", default="paper", help="'paper' (Table 1 edges) or NAME=LO:MID:HI[,...]")
+    p.add_argument("--targets", help="subset of properties (default: every <target>_pred column)")
+    p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
+    p.set_defaults(func=cmd_pk)
+
     return parser
 
 

@@ -1,0 +1,71 @@
+"""Figures (matplotlib, Agg backend) shared by the CLI, the service's jobs and the training report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from app.clustering import BinComparison
+from app.schema import COLUMNS
+
+LABELS = {"smass": r"$\log_{10} M_\star\,[M_\odot/h]$", "sSFR": r"$\log_{10}\,\mathrm{sSFR}\,[h/\mathrm{yr}]$",
+          "radius": r"$\log_{10} R_{1/2}\,[\mathrm{kpc}/h]$", "color": r"$g-i$ [mag]"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def property_label(target: str) -> str:
+    return LABELS.get(target, f"{target} [{COLUMNS[target].unit}]" if target in COLUMNS else target)
+
+
+def plot_clustering(results: Sequence[BinComparison], out: Path, title: str = "") -> Path:
+    """The paper's Fig. 9: per property (columns) and bin (rows), P(k) of the true population (band:
+    the Gaussian error) and of the predicted one, with the residual (P_pred - P_true)^2 / sigma^2 below."""
+    plt = _pyplot()
+    targets = list(dict.fromkeys(r.target for r in results))
+    fig, axes = plt.subplots(4, len(targets), figsize=(3.6 * len(targets), 8.4), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1, 3, 1], "hspace": 0.08, "wspace": 0.3})
+    for j, t in enumerate(targets):
+        for r in (r for r in results if r.target == t):
+            ax, axr = axes[2 * r.bin, j], axes[2 * r.bin + 1, j]
+            ok = r.k > 0
+            if r.power_true is not None:
+                lo = np.clip(r.power_true - r.sigma, 1e-3, None)
+                ax.fill_between(r.k[ok], lo[ok], (r.power_true + r.sigma)[ok], color="0.8", label="true ±1σ")
+                ax.plot(r.k[ok], r.power_true[ok], color="k", lw=1.2, label=f"true (N={r.n_true:,})")
+            ax.plot(r.k[ok], np.clip(r.power_pred, 1e-3, None)[ok], color="C3", lw=1.2, ls="--",
+                    label=f"predicted (N={r.n_pred:,})")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.tick_params(labelbottom=False, labelsize=8)
+            lo_e, hi_e = r.edges
+            ax.set_title(f"{t}: [{lo_e:g}, {hi_e:g})", fontsize=9)
+            ax.legend(fontsize=7, loc="lower left", frameon=False)
+            if j == 0:
+                ax.set_ylabel(r"$P(k)\ [(\mathrm{Mpc}/h)^3]$", fontsize=9)
+            if r.residual is not None:
+                axr.plot(r.k[ok], r.residual[ok], color="C3", lw=1)
+                axr.text(0.97, 0.85, rf"$\chi^2/\mathrm{{dof}}={r.chi2_dof:.2f}$", transform=axr.transAxes,
+                         ha="right", va="top", fontsize=7)
+            axr.axhline(1.0, color="0.5", lw=0.6, ls=":")
+            axr.set_xscale("log")
+            axr.tick_params(labelsize=8)
+            axr.set_xlabel(r"$k\ [h/\mathrm{Mpc}]$", fontsize=9)
+            if j == 0:
+                axr.set_ylabel(r"$\Delta^2/\sigma^2$", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
