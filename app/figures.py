@@ -32,11 +32,14 @@ def plot_clustering(results: Sequence[BinComparison], out: Path, title: str = ""
     the Gaussian error) and of the predicted one, with the residual (P_pred - P_true)^2 / sigma^2 below."""
     plt = _pyplot()
     targets = list(dict.fromkeys(r.target for r in results))
-    fig, axes = plt.subplots(4, len(targets), figsize=(3.6 * len(targets), 8.4), squeeze=False,
-                             gridspec_kw={"height_ratios": [3, 1, 3, 1], "hspace": 0.08, "wspace": 0.3})
+    # rows: bin 1 spectra, bin 1 residuals, spacer, bin 2 spectra, bin 2 residuals
+    fig, axes = plt.subplots(5, len(targets), figsize=(3.6 * len(targets), 9.4), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1, 0.55, 3, 1], "hspace": 0.08, "wspace": 0.3})
+    for ax in axes[2]:
+        ax.axis("off")
     for j, t in enumerate(targets):
         for r in (r for r in results if r.target == t):
-            ax, axr = axes[2 * r.bin, j], axes[2 * r.bin + 1, j]
+            ax, axr = axes[3 * r.bin, j], axes[3 * r.bin + 1, j]
             ok = r.k > 0
             if r.power_true is not None:
                 lo = np.clip(r.power_true - r.sigma, 1e-3, None)
