@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     targets = _csv_list(args.targets, TARGET_NAMES, "target")
     paths = _csv_list(args.paths or "raw", PATHS, "path")
     cfg = TrainConfig(targets=targets, paths=paths, seed=args.seed, preset=args.preset, alias=args.alias or None,
-                      smogn=_smogn_overrides(args.smogn_config))
+                      smogn=_smogn_overrides(args.smogn_config), extra={"data_path": os.path.abspath(args.data)})
     try:
         cfg.validate()
     except TrainingError as exc:
@@ -306,6 +306,45 @@ def cmd_pk(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from training.pipeline import TrainingError
+    from training.report import build_report
+
+    registry = _registry(args)
+    data = args.data
+    if data is None:
+        if not args.run:
+            raise UserError("give --run RUN_ID, --data FILE, or both")
+        try:
+            data = registry.get_run(args.run)["config"].get("data_path")
+        except RegistryError as exc:
+            raise UserError(str(exc)) from None
+        if not data:
+            raise UserError(f"run {args.run} does not record its training table: give --data FILE")
+    df, _ = load_catalog(data, require=list(FEATURE_NAMES), mapping=args.columns, range_policy="warn")
+    t0 = time.perf_counter()
+
+    def progress(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    try:
+        summary = build_report(registry, df, args.out, run_id=args.run, box=args.box, nmesh=args.nmesh,
+                               progress=progress)
+    except (TrainingError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    for note in summary["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    for path, rows in summary["pk"].items():
+        print(f"P(k), {path} stacks:")
+        for r in rows:
+            diff = "n/a" if r["rel_diff_pct"] is None else f"{r['rel_diff_pct']:+.2f} %"
+            print(f"  {r['target']:7s} bin {r['bin']} {r['range']:16s} chi2/dof {r['chi2_dof']:8.3f}  "
+                  f"mean diff {diff}")
+    print(f"report of run {summary['run_id']}: {len(summary['figures'])} figures, report.md and report.html "
+          f"in {summary['out']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="galaxypaint", description=(
         "Learn, serve and paint the halo-galaxy connection (de Santi et al. 2022)."))
@@ -405,6 +444,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     p.set_defaults(func=cmd_pk)
+
+    p = sub.add_parser("report", help="the paper's figures and tables for a training run",
+                       description="Figures 2-9, metrics/importance/P(k) tables, report.md and report.html.")
+    p.add_argument("--run", help="training run id (default: the latest run trained on --data)")
+    p.add_argument("--data", help="the run's training table (default: the path the run recorded)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--registry", help=reg_help)
+    p.add_argument("--box", type=float, default=205.0, help="periodic box side [Mpc/h] for P(k) (default 205)")
+    p.add_argument("--nmesh", type=int, default=256, help="FFT mesh per side for P(k) (default 256)")
+    p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
+    p.set_defaults(func=cmd_report)
 
     return parser
 

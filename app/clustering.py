@@ -6,7 +6,8 @@ at their halo positions) is compared with that of the *true* population (``<targ
 Both spectra are shot-noise subtracted.  Errors follow the paper:
 sigma^2 / P^2 = 2 / (V_k V) ((1 + n P) / (n P))^2 with V_k = 4 pi k^2 dk / (2 pi)^3, i.e.
 sigma = sqrt(2 / (V_k V)) (P + 1/n), with P and n of the true population (of the predicted one when
-the catalog has no truth); residual = (P_pred - P_true)^2 / sigma^2 and chi^2 = sum over k bins.
+the catalog has no truth); residual = (P_pred - P_true)^2 / sigma^2 and chi^2 = sum over k bins; the mean relative difference [%]
+is taken over the k bins where the true signal exceeds 3 sigma.
 Units: positions and box in Mpc/h, k in h/Mpc, P in (Mpc/h)^3.
 """
 
@@ -88,10 +89,13 @@ def compare_bin(pos_pred: np.ndarray, pos_true: np.ndarray | None, box: float, n
     residual = (pp.power - pt.power) ** 2 / sigma ** 2
     ok = np.isfinite(residual)
     chi2 = float(residual[ok].sum())
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = 100.0 * (pp.power - pt.power) / pt.power
+    # mean relative difference over the k bins where the true signal is measured (P_true > 3 sigma):
+    # elsewhere P_true ~ 0 after shot-noise subtraction and the ratio is noise
+    significant = ok & (pt.power > 3.0 * sigma)
+    rel = 100.0 * (pp.power[significant] - pt.power[significant]) / pt.power[significant]
     return BinComparison(target, bin_index, edges, len(pos_pred), len(pos_true), pp.k, pp.power, pt.power, sigma,
-                         residual, chi2, chi2 / max(int(ok.sum()), 1), float(np.nanmean(rel[ok])), modes=pp.modes)
+                         residual, chi2, chi2 / max(int(ok.sum()), 1), float(rel.mean()) if rel.size else None,
+                         modes=pp.modes)
 
 
 def compare_catalog(df: pd.DataFrame, box: float, nmesh: int = 256, targets: Sequence[str] | None = None,

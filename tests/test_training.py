@@ -147,3 +147,23 @@ def test_smogn_path_augments_train_and_validation_only(tmp_path):
     mv = reg.get("sSFR-smogn-stack")
     assert mv.path == "smogn" and mv.extra["smogn"]["train"]["synthetic"] == aug["train"]["synthetic"]
     assert {m.name for m in reg.list_models()} >= {"sSFR-raw-stack", "sSFR-smogn-stack", "sSFR-smogn-knn"}
+
+
+def test_report_cli_writes_figures_tables_and_html(trained):
+    root, _, res = trained
+    run_id = res.stdout.split("(run ")[-1].split(")")[0]
+    out = root / "report"
+    rep = cli("report", "--run", run_id, "--registry", str(root / "models"), "--out", str(out), "--nmesh", "32")
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    for name in ("fig2_pdfs", "fig3_pearson", "fig4_ks", "fig5_density", "fig6_joint", "fig7_feature_importance",
+                 "fig8_stack_importance", "fig9_pk_raw"):
+        assert (out / f"{name}.png").stat().st_size > 10_000, name
+    md = (out / "report.md").read_text()
+    assert f"run {run_id}" in md and "| smass | raw | stack |" in md and "chi2_dof" in md
+    html_text = (out / "report.html").read_text()
+    assert html_text.count("data:image/png;base64,") == 8 and "<table>" in html_text
+    pk = json.loads((out / "pk_raw.json").read_text())["results"]
+    assert {(r["target"], r["bin"]) for r in pk} == {("smass", 0), ("smass", 1), ("sSFR", 0), ("sSFR", 1)}
+    assert "P(k), raw stacks" in rep.stdout
+    bad = cli("report", "--run", "run-nope", "--registry", str(root / "models"), "--out", str(out))
+    assert bad.returncode == 1 and "no training run 'run-nope'" in bad.stderr

@@ -303,7 +303,9 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
         for path, res in per_path.items():
             summary["results"].setdefault(target, {})[path] = {k: v for k, v in res.items() if k != "graphs"}
     registry.record_run(run_id, cfg.seed, fingerprint, {"targets": list(cfg.targets), "paths": list(cfg.paths),
-                                                         "preset": cfg.preset, "models": list(cfg.models)},
+                                                         "preset": cfg.preset, "models": list(cfg.models),
+                                                         **({"data_path": cfg.extra["data_path"]}
+                                                            if "data_path" in cfg.extra else {})},
                         summary["results"], versions)
     published = []
     for target, per_path in results.items():
