@@ -345,6 +345,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    # settings travel through the environment so that every uvicorn worker process sees them
+    if args.registry:
+        os.environ["GALAXYPAINT_REGISTRY"] = os.path.abspath(args.registry)
+    if args.data_dir:
+        os.environ["GALAXYPAINT_DATA_DIR"] = os.path.abspath(args.data_dir)
+    settings = get_settings()
+    if not (settings.registry / "registry.sqlite").exists():
+        print(f"warning: no registry in {settings.registry} yet: /health/ready stays 503 until models are "
+              "trained into it", file=sys.stderr)
+    uvicorn.run("app.api.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="galaxypaint", description=(
         "Learn, serve and paint the halo-galaxy connection (de Santi et al. 2022)."))
@@ -444,6 +461,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     p.set_defaults(func=cmd_pk)
+
+    p = sub.add_parser("serve", help="run the HTTP service (FastAPI + uvicorn; OpenAPI at /docs)",
+                       description="Serve predictions, the registry and batch jobs over HTTP.")
+    p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1; 0.0.0.0 in containers)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--registry", help=reg_help)
+    p.add_argument("--data-dir", help="server-side catalogs and job outputs (default: $GALAXYPAINT_DATA_DIR or data/)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="the paper's figures and tables for a training run",
                        description="Figures 2-9, metrics/importance/P(k) tables, report.md and report.html.")

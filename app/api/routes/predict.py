@@ -1,0 +1,38 @@
+"""POST /v1/predict and GET /v1/schema: translate HTTP <-> the data plane, nothing more."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, HTTPException
+from fastapi.concurrency import run_in_threadpool
+
+from app import dataplane
+from app.api.deps import SettingsDep, StoreDep
+from app.api.schemas import PredictRequest, PredictResponse
+from app.schema import COLUMNS, FEATURE_NAMES, describe
+
+router = APIRouter(prefix="/v1", tags=["predict"])
+
+
+@router.get("/schema")
+def schema() -> dict:
+    """Names, units, descriptions and valid ranges of every column (features, targets, positions)."""
+    return {"columns": describe()}
+
+
+@router.post("/predict", response_model=PredictResponse)
+async def predict(req: PredictRequest, store: StoreDep, settings: SettingsDep) -> PredictResponse:
+    n = req.n_halos()
+    if n > settings.max_batch_halos:
+        raise HTTPException(413, f"halos: {n:,} halos in one request, the limit is {settings.max_batch_halos:,}; "
+                                 "split the batch or submit a paint job")
+    if n == 0:
+        raise HTTPException(422, "halos: the request holds no halo")
+    if req.halos is not None:
+        x = np.array([[getattr(h, f) for f in FEATURE_NAMES] for h in req.halos], dtype=np.float64)
+    else:
+        x = np.column_stack([np.asarray(req.columns[f], dtype=np.float64) for f in FEATURE_NAMES])  # type: ignore
+    pred = await run_in_threadpool(dataplane.predict, store, x, req.path, req.targets, req.model)
+    return PredictResponse(n_halos=n, path=req.path, predictions={t: v.tolist() for t, v in pred.values.items()},
+                           units={t: COLUMNS[t].unit for t in pred.values}, models=pred.models,
+                           warnings=pred.warnings)

@@ -1,0 +1,157 @@
+"""The data plane: loaded ONNX models and prediction, independent of any transport (HTTP, CLI).
+
+``ModelStore`` resolves names, aliases and versions through the registry on every request (one
+small SQLite query) and keeps one onnxruntime session per (name, version): moving an alias takes
+effect at the next request, and a version is loaded (sha256-verified) once.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from app.inference import LoadedModel
+from app.registry import ModelVersion, Registry, RegistryError, parse_reference
+from app.schema import FEATURE_NAMES, TARGET_NAMES
+
+PATHS = ("raw", "smogn")
+SERVING_ALIAS = "production"
+
+
+class DataPlaneError(ValueError):
+    """A request that cannot be served; ``field`` names the offending input when there is one."""
+
+    def __init__(self, message: str, field: str | None = None, status: int = 422) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+class ModelStore:
+    def __init__(self, registry: Registry, threads: int = 0) -> None:
+        self.registry = registry
+        self.threads = threads
+        self._sessions: dict[tuple[str, int], LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ resolution
+    def version(self, name: str, version: int | None = None, alias: str | None = None) -> ModelVersion:
+        """A registered version; with neither version nor alias: ``production`` if set, else the latest."""
+        try:
+            if version is None and alias is None:
+                try:
+                    return self.registry.get(name, alias=SERVING_ALIAS)
+                except RegistryError:
+                    return self.registry.get(name)
+            return self.registry.get(name, version=version, alias=alias)
+        except RegistryError as exc:
+            raise DataPlaneError(str(exc), status=404) from None
+
+    def serving_version(self, target: str, path: str, model: str | None = None) -> ModelVersion:
+        """The stack serving ``target`` on ``path``; ``model`` = alias, version number or full reference."""
+        if target not in TARGET_NAMES:
+            raise DataPlaneError(f"unknown target {target!r}: choose from {', '.join(TARGET_NAMES)}", "targets")
+        if path not in PATHS:
+            raise DataPlaneError(f"unknown path {path!r}: choose from {', '.join(PATHS)}", "path")
+        default = f"{target}-{path}-stack"
+        if model is None:
+            return self.version(default)
+        if model.isdigit():
+            return self.version(default, version=int(model))
+        if "@" in model or "/" in model or model.startswith("models:/") or model.endswith("-stack"):
+            try:
+                name, alias, ver = parse_reference(model)
+            except RegistryError as exc:
+                raise DataPlaneError(str(exc), "model") from None
+            mv = self.version(name, version=ver, alias=alias)
+            if mv.target != target:
+                raise DataPlaneError(f"model {mv.uri} predicts {mv.target}, not {target}", "model")
+            return mv
+        return self.version(default, alias=model)
+
+    # ------------------------------------------------------------------ sessions
+    def session(self, mv: ModelVersion) -> LoadedModel:
+        key = (mv.name, mv.version)
+        with self._lock:
+            loaded = self._sessions.get(key)
+            if loaded is None:
+                loaded = self._sessions[key] = LoadedModel.load(self.registry, mv, self.threads)
+            return loaded
+
+    def warm(self) -> list[str]:
+        """Load every stack carrying the serving alias (diagnostic single models load on first use)."""
+        loaded = []
+        for latest in self.registry.list_models():
+            if latest.kind != "stack":
+                continue
+            try:
+                mv = self.registry.get(latest.name, alias=SERVING_ALIAS)
+            except RegistryError:
+                continue
+            self.session(mv)
+            loaded.append(mv.uri)
+        return loaded
+
+    def loaded(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return sorted(self._sessions)
+
+
+@dataclass
+class Prediction:
+    values: dict[str, np.ndarray]
+    models: list[dict]
+    warnings: list[dict] = field(default_factory=list)
+
+
+def check_features(x: np.ndarray, names: Sequence[str] = FEATURE_NAMES) -> np.ndarray:
+    """Refuse non-finite inputs, naming the first offending halo and feature."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != len(names):
+        raise DataPlaneError(f"expected {len(names)} features per halo ({', '.join(names)}), got shape {x.shape}",
+                             "halo_features")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise DataPlaneError(f"halo {i}: {names[j]} is {x[i, j]} (must be a finite number)", names[j])
+    return x
+
+
+def domain_warnings(x: np.ndarray, mvs: Sequence[ModelVersion], limit: int = 10_000) -> list[dict]:
+    """Per-halo messages for features outside the training range recorded with the models (extrapolation)."""
+    lo = np.full(len(FEATURE_NAMES), -np.inf)
+    hi = np.full(len(FEATURE_NAMES), np.inf)
+    for mv in mvs:
+        for j, name in enumerate(FEATURE_NAMES):
+            dom = (mv.training_domain or {}).get(name)
+            if dom:
+                lo[j] = max(lo[j], dom["min"])
+                hi[j] = min(hi[j], dom["max"])
+    outside = (x < lo) | (x > hi)
+    out = []
+    for i in np.flatnonzero(outside.any(axis=1))[:limit]:
+        out.append({"index": int(i), "messages": [
+            f"{FEATURE_NAMES[j]}={x[i, j]:.6g} outside the training range [{lo[j]:.6g}, {hi[j]:.6g}]: extrapolation"
+            for j in np.flatnonzero(outside[i])]})
+    return out
+
+
+def predict(store: ModelStore, x: np.ndarray, path: str = "raw", targets: Sequence[str] | None = None,
+            model: str | None = None) -> Prediction:
+    """Stack predictions for halos ``x`` [N, 5] (schema order and units) for each requested target."""
+    x = check_features(x)
+    if targets is None:
+        names = {m.name for m in store.registry.list_models()}
+        targets = [t for t in TARGET_NAMES if f"{t}-{path}-stack" in names]
+        if not targets:
+            raise DataPlaneError(f"no {path}-path stack is registered", "path", status=404)
+    if model is not None and len(targets) > 1 and ("@" in model or "/" in model or model.endswith("-stack")):
+        raise DataPlaneError("a full model reference serves one target: give a single target", "model")
+    mvs = [store.serving_version(t, path, model) for t in targets]
+    values = {t: store.session(mv).predict(x) for t, mv in zip(targets, mvs)}
+    info = [{"target": t, "name": mv.name, "version": mv.version, "sha256": mv.sha256, "aliases": list(mv.aliases)}
+            for t, mv in zip(targets, mvs)]
+    return Prediction(values, info, domain_warnings(x, mvs))
