@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
+import socket
 import traceback
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -20,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, String, Text, create_engine, event, select
+from sqlalchemy import JSON, DateTime, Float, String, Text, create_engine, event, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 STATUSES = ("pending", "running", "succeeded", "failed", "canceled")
@@ -54,6 +56,27 @@ class JobRow(_Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)  # host:pid running it
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _worker_alive(worker: str | None) -> bool:
+    """Whether the process that took a job still runs (only knowable on the same host)."""
+    if not worker or ":" not in worker:
+        return False
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _now() -> datetime:
@@ -109,40 +132,37 @@ class JobStore:
             return [self._dict(r) for r in s.scalars(q)]
 
     def update(self, job_id: str, **fields: Any) -> dict:
+        """Change non-status fields (progress, message, params)."""
+        if "status" in fields:
+            raise ValueError("status changes go through start/finish/cancel")
         with Session(self.engine) as s, s.begin():
-            row = s.get(JobRow, job_id)
-            if row is None:
+            if s.execute(update(JobRow).where(JobRow.id == job_id).values(**fields)).rowcount != 1:
                 raise JobError(f"no job {job_id!r}")
-            for k, v in fields.items():
-                setattr(row, k, v)
-            return self._dict(row)
+        return self.get(job_id)
+
+    # state changes are single conditional UPDATEs: a cancel can never be overwritten by a worker
+    def _transition(self, job_id: str, allowed_from: tuple[str, ...], **values: Any) -> bool:
+        with Session(self.engine) as s, s.begin():
+            res = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(allowed_from))
+                            .values(**values))
+            return res.rowcount == 1
 
     def start(self, job_id: str) -> bool:
         """pending -> running; False if the job was canceled (or taken) meanwhile."""
-        with Session(self.engine) as s, s.begin():
-            row = s.get(JobRow, job_id)
-            if row is None or row.status != "pending":
-                return False
-            row.status, row.started_at, row.message = "running", _now(), "started"
-            return True
+        return self._transition(job_id, ("pending",), status="running", started_at=_now(), message="started",
+                                worker=_worker_id())
 
     def finish(self, job_id: str, status: str, result: dict | None = None, error: str | None = None) -> None:
-        with Session(self.engine) as s, s.begin():
-            row = s.get(JobRow, job_id)
-            if row is None or row.status in FINAL:  # a cancel already recorded wins
-                return
-            row.status, row.finished_at, row.result, row.error = status, _now(), result, error
-            if status == "succeeded":
-                row.progress, row.message = 1.0, "done"
+        values: dict[str, Any] = {"status": status, "finished_at": _now(), "result": result, "error": error}
+        if status == "succeeded":
+            values.update(progress=1.0, message="done")
+        self._transition(job_id, ("pending", "running"), **values)  # a recorded cancel wins
 
     def cancel(self, job_id: str) -> dict:
-        with Session(self.engine) as s, s.begin():
-            row = s.get(JobRow, job_id)
-            if row is None:
-                raise JobError(f"no job {job_id!r}")
-            if row.status not in FINAL:
-                row.status, row.finished_at, row.message = "canceled", _now(), "canceled by request"
-            return self._dict(row)
+        self.get(job_id)  # 404 for unknown ids
+        self._transition(job_id, ("pending", "running"), status="canceled", finished_at=_now(),
+                         message="canceled by request")
+        return self.get(job_id)
 
     def status(self, job_id: str) -> str:
         with Session(self.engine) as s:
@@ -150,13 +170,20 @@ class JobStore:
             return "missing" if row is None else row.status
 
     def recover(self) -> tuple[list[str], list[str]]:
-        """After a restart: fail jobs left running, return (failed ids, pending ids to queue again)."""
-        with Session(self.engine) as s, s.begin():
-            failed = []
-            for row in s.scalars(select(JobRow).where(JobRow.status == "running")):
-                row.status, row.finished_at = "failed", _now()
-                row.error = "the server stopped while this job was running; submit it again"
-                failed.append(row.id)
+        """After a (re)start: fail jobs whose worker process is gone, return (failed ids, pending ids).
+
+        Several server processes may share the database (``--workers N``): a running job whose worker
+        is alive on this host is left alone.
+        """
+        failed = []
+        with Session(self.engine) as s:
+            running = list(s.execute(select(JobRow.id, JobRow.worker).where(JobRow.status == "running")))
+        for job_id, worker in running:
+            if not _worker_alive(worker):
+                if self._transition(job_id, ("running",), status="failed", finished_at=_now(),
+                                    error="the server stopped while this job was running; submit it again"):
+                    failed.append(job_id)
+        with Session(self.engine) as s:
             pending = list(s.scalars(select(JobRow.id).where(JobRow.status == "pending").order_by(JobRow.created_at)))
         return failed, pending
 

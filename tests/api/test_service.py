@@ -251,7 +251,12 @@ def test_jobs_left_running_by_a_crash_fail_at_restart(trained_registry, tmp_path
     root, _ = trained_registry
     store = JobStore(root / "models" / "registry.sqlite")
     job = store.create("paint", {"input": "x"})
-    assert store.start(job["id"])  # a worker took it ... and the server died
+    assert store.start(job["id"])  # a worker took it ... and died with the server
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its process id no longer runs
+    store.update(job["id"], worker=f"{socket.gethostname()}:{gone.pid}")
+    running = store.create("paint", {"input": "y"})
+    assert store.start(running["id"])  # taken by a live process (this one): left alone
     proc, url = _start(root / "models", tmp_path / "data")
     try:
         after = httpx.get(f"{url}/v1/jobs/{job['id']}").json()
@@ -259,6 +264,7 @@ def test_jobs_left_running_by_a_crash_fail_at_restart(trained_registry, tmp_path
         proc.terminate()
         proc.wait(timeout=20)
     assert after["status"] == "failed" and "server stopped while this job was running" in after["error"]
+    assert store.get(running["id"])["status"] == "running"
 
 
 def test_tampered_model_keeps_the_server_unready(tmp_path, trained_registry):
