@@ -31,14 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.spatial import cKDTree
 
 from app.catalogs import CatalogError, read_table
+from app.environment import delta3  # noqa: F401  (re-exported: ingestion computes Delta3_h with it)
 from app.schema import CUTS, ZERO_SFR_LOG_SSFR
 
 G_KPC_KMS2_MSUN = 4.30091727e-6  # gravitational constant [kpc (km/s)^2 / Msun]
 BAND_INDEX = {"U": 0, "B": 1, "V": 2, "K": 3, "g": 4, "r": 5, "i": 6, "z": 7}
-DELTA3_RADIUS = 3.0  # Mpc/h
 
 _GROUP_FIELDS = ("GroupFirstSub", "Group_M_Crit200", "Group_R_Crit200", "GroupPos")
 _SUBHALO_FIELDS = ("SubhaloPos", "SubhaloSpin", "SubhaloMassType", "SubhaloSFR",
@@ -103,20 +102,6 @@ def read_group_catalog(files: list[Path], progress: Callable[[int, int], None] |
         raise CatalogError(f"read {len(g['GroupFirstSub'])} groups but the header says "
                            f"{int(header['Ngroups_Total'])}: some chunk files are missing")
     return header, g, s
-
-
-def delta3(centres: np.ndarray, tracers: np.ndarray, box: float, radius: float = DELTA3_RADIUS,
-           exclude_self: bool = True) -> np.ndarray:
-    """Number of ``tracers`` within ``radius`` of each centre over the mean expectation (periodic box).
-
-    Positions and lengths in the same unit (Mpc/h).  With ``exclude_self`` one count is removed
-    per centre (the centre is itself one of the tracers).
-    """
-    tree = cKDTree(np.mod(tracers, box), boxsize=box)
-    counts = tree.query_ball_point(np.mod(centres, box), r=radius, return_length=True, workers=-1)
-    counts = counts.astype(np.float64) - (1.0 if exclude_self else 0.0)
-    expected = len(tracers) * (4.0 / 3.0) * np.pi * radius**3 / box**3
-    return counts / expected
 
 
 def _read_aux(aux: str | Path) -> pd.DataFrame:

@@ -1,0 +1,242 @@
+"""Catalogs read and written in row chunks, so memory stays flat whatever the catalog size.
+
+``ChunkReader`` yields canonical-named DataFrames from Parquet (row batches), HDF5 (slices of the
+1-D column datasets ``write_table`` writes) or CSV (pandas chunks); ``ChunkWriter`` appends chunks
+to a temporary file (Parquet row groups, resizable HDF5 datasets, CSV) and renames it into place
+only on ``commit()`` — an exception inside ``with ChunkWriter(...)`` leaves no output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+import pandas as pd
+
+from app.catalogs import METADATA_KEY, CatalogError, _fsync_dir, canonicalize, detect_format, parse_column_mapping
+
+
+class ChunkReader:
+    """Row chunks of a catalog with schema column names (``mapping`` as in ``--columns``)."""
+
+    def __init__(self, path: str | os.PathLike[str], mapping: Mapping[str, str] | str | None = None,
+                 fmt: str | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CatalogError(f"no such file: {self.path}")
+        self.format = detect_format(self.path, fmt)
+        self._h5 = self._group = None
+        if self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                self._pq = pq.ParquetFile(self.path)
+            except Exception as exc:
+                raise CatalogError(f"cannot read {self.path} as Parquet: {exc}") from None
+            source = list(self._pq.schema_arrow.names)
+            self.n_rows = self._pq.metadata.num_rows
+        elif self.format == "hdf5":
+            source = self._open_hdf5()
+        else:
+            try:
+                source = list(pd.read_csv(self.path, nrows=0).columns)
+                with open(self.path, "rb") if not str(self.path).endswith(".gz") else _gzip(self.path) as fh:
+                    self.n_rows = max(sum(1 for _ in fh) - 1, 0)
+            except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+                raise CatalogError(f"cannot read {self.path} as CSV: {exc}") from None
+        renamed = canonicalize(pd.DataFrame(columns=source), parse_column_mapping(mapping))
+        self.source_columns = source
+        self.columns = [str(c) for c in renamed.columns]
+        self._rename = {s: c for s, c in zip(source, self.columns) if s != c}
+        self._to_source = dict(zip(self.columns, source))
+
+    def _open_hdf5(self) -> list[str]:
+        import h5py
+
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise CatalogError(f"cannot read {self.path} as HDF5: {exc}") from None
+        group = self._h5
+        if not any(isinstance(v, h5py.Dataset) for v in group.values()):
+            groups = [k for k, v in group.items() if isinstance(v, h5py.Group)]
+            if len(groups) != 1:
+                raise CatalogError(f"{self.path} has no column datasets at its root (groups: {', '.join(groups)})")
+            group = group[groups[0]]
+        self._group = group
+        names = [k for k, v in group.items() if isinstance(v, h5py.Dataset) and v.ndim == 1]
+        order = group.attrs.get("columns")
+        if isinstance(order, (str, bytes)):
+            wanted = json.loads(order)
+            names = [c for c in wanted if c in names] + [c for c in names if c not in wanted]
+        lengths = {group[n].shape[0] for n in names}
+        if len(lengths) != 1:
+            raise CatalogError(f"{self.path}: the column datasets have different lengths {sorted(lengths)}")
+        self.n_rows = lengths.pop()
+        return names
+
+    def _hdf5_slice(self, names: list[str], start: int, stop: int) -> pd.DataFrame:
+        data = {}
+        for n in names:
+            arr = self._group[n][start:stop]
+            if arr.dtype.kind == "S":
+                arr = np.char.decode(arr, "utf-8")
+            data[n] = arr
+        return pd.DataFrame(data)
+
+    def chunks(self, chunk_rows: int) -> Iterator[tuple[int, pd.DataFrame]]:
+        """(first row, DataFrame) for consecutive chunks of at most ``chunk_rows`` rows."""
+        start = 0
+        if self.format == "parquet":
+            for batch in self._pq.iter_batches(batch_size=chunk_rows):
+                df = batch.to_pandas().rename(columns=self._rename)
+                yield start, df
+                start += len(df)
+        elif self.format == "hdf5":
+            for a in range(0, self.n_rows, chunk_rows):
+                yield a, self._hdf5_slice(self.source_columns, a, min(a + chunk_rows, self.n_rows)).rename(
+                    columns=self._rename)
+        else:
+            for df in pd.read_csv(self.path, chunksize=chunk_rows):
+                yield start, df.rename(columns=self._rename)
+                start += len(df)
+
+    def read_rows(self, start: int, stop: int) -> pd.DataFrame:
+        """Rows [start, stop) with schema names (Parquet: only the row groups that hold them)."""
+        stop = min(stop, self.n_rows)
+        if self.format == "parquet":
+            sizes = [self._pq.metadata.row_group(i).num_rows for i in range(self._pq.num_row_groups)]
+            offsets = np.concatenate([[0], np.cumsum(sizes)])
+            groups = [i for i in range(len(sizes)) if offsets[i] < stop and offsets[i + 1] > start]
+            table = self._pq.read_row_groups(groups)
+            first = int(offsets[groups[0]]) if groups else start
+            df = table.slice(start - first, stop - start).to_pandas()
+        elif self.format == "hdf5":
+            df = self._hdf5_slice(self.source_columns, start, stop)
+        else:
+            df = pd.read_csv(self.path, skiprows=range(1, start + 1), nrows=stop - start)
+        return df.rename(columns=self._rename)
+
+    def read_columns(self, names: list[str]) -> pd.DataFrame:
+        """Whole columns (schema names), e.g. the positions needed to compute Delta3_h."""
+        missing = [n for n in names if n not in self._to_source]
+        if missing:
+            raise CatalogError(f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} in {self.path}")
+        src = [self._to_source[n] for n in names]
+        if self.format == "parquet":
+            df = self._pq.read(columns=src).to_pandas()
+        elif self.format == "hdf5":
+            df = self._hdf5_slice(src, 0, self.n_rows)
+        else:
+            df = pd.read_csv(self.path, usecols=src)[src]
+        return df.rename(columns=dict(zip(src, names)))
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+    def __enter__(self) -> "ChunkReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _gzip(path: Path):
+    import gzip
+
+    return gzip.open(path, "rb")
+
+
+class ChunkWriter:
+    """Append DataFrame chunks to ``path`` through a temporary file; ``commit()`` renames it in place."""
+
+    def __init__(self, path: str | os.PathLike[str], metadata: Mapping[str, object] | None = None,
+                 fmt: str | None = None) -> None:
+        self.path = Path(path)
+        self.format = detect_format(self.path, fmt)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self.meta_json = json.dumps(dict(metadata), default=str) if metadata else None
+        self.rows = 0
+        self._pq = self._schema = self._h5 = None
+        self._columns: list[str] | None = None
+
+    def write(self, df: pd.DataFrame) -> None:
+        if self._columns is None:
+            self._columns = [str(c) for c in df.columns]
+        elif [str(c) for c in df.columns] != self._columns:
+            raise CatalogError(f"chunk columns {list(df.columns)} differ from the first chunk's {self._columns}")
+        if self.format == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            if self._pq is None:
+                table = pa.Table.from_pandas(df, preserve_index=False)
+                schema = table.schema.remove_metadata()
+                if self.meta_json:
+                    schema = schema.with_metadata({METADATA_KEY.encode(): self.meta_json.encode()})
+                self._schema = schema
+                self._pq = pq.ParquetWriter(self.tmp, schema)
+            self._pq.write_table(pa.Table.from_pandas(df, schema=self._schema, preserve_index=False))
+        elif self.format == "hdf5":
+            import h5py
+
+            if self._h5 is None:
+                self._h5 = h5py.File(self.tmp, "w", track_order=True)
+                self._h5.attrs["columns"] = json.dumps(self._columns)
+                if self.meta_json:
+                    self._h5.attrs[METADATA_KEY] = self.meta_json
+                for name in self._columns:
+                    values = _h5_values(df[name])
+                    self._h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=values.dtype,
+                                            chunks=(max(1024, min(len(df), 1 << 16)),))
+            for name in self._columns:
+                ds = self._h5[name]
+                values = _h5_values(df[name])
+                ds.resize((self.rows + len(df),))
+                ds[self.rows:] = values
+        else:
+            df.to_csv(self.tmp, mode="w" if self.rows == 0 else "a", header=self.rows == 0, index=False)
+        self.rows += len(df)
+
+    def commit(self) -> Path:
+        if self._pq is not None:
+            self._pq.close()
+        if self._h5 is not None:
+            self._h5.close()
+        with open(self.tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp, self.path)
+        _fsync_dir(self.path.parent)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            if self._pq is not None:
+                self._pq.close()
+            if self._h5 is not None:
+                self._h5.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ChunkWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def _h5_values(col: pd.Series) -> np.ndarray:
+    values = col.to_numpy()
+    if values.dtype.kind in ("O", "U", "T"):
+        values = values.astype(str).astype("S")
+    return values
