@@ -307,4 +307,12 @@ class JobRunner:
         self.pool.submit(execute, str(self.store.database), self.registry_root, self.data_dir, job_id, self.threads)
 
     def shutdown(self) -> None:
+        """Stop the workers (a job they were running is marked failed, never left half-done)."""
+        processes = list(getattr(self.pool, "_processes", {}).values())
         self.pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in processes:
+            proc.join(timeout=5)
+        self.store.recover()
