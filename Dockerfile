@@ -1,0 +1,51 @@
+# syntax=docker/dockerfile:1
+# galaxypaint: the prediction service in a slim image; an optional stage trains models into it.
+#   docker build -t galaxypaint .                                   # service only (serving extra)
+#   docker build --build-arg REGISTRY_DIR=models -t galaxypaint .   # bake a registry directory in
+#   docker build --target trainer -t galaxypaint-train .            # image with the train extra
+# Built and tested by its users: the development and CI machines have no Docker engine (the scripts
+# the image runs, docker/entrypoint.sh, are tested outside Docker in CI).
+
+ARG PYTHON=3.11
+
+FROM python:${PYTHON}-slim AS builder
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY training ./training
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
+    && /opt/venv/bin/pip install --no-cache-dir .
+
+FROM builder AS trainer
+RUN /opt/venv/bin/pip install --no-cache-dir ".[train]"
+COPY docker/entrypoint.sh /usr/local/bin/galaxypaint-entrypoint
+RUN useradd --create-home --uid 10001 galaxypaint && mkdir -p /srv/galaxypaint/models /srv/galaxypaint/data \
+    && chown -R galaxypaint /srv/galaxypaint
+USER galaxypaint
+ENV PATH=/opt/venv/bin:$PATH
+ENTRYPOINT ["galaxypaint-entrypoint"]
+CMD ["train"]
+
+FROM python:${PYTHON}-slim AS runtime
+ARG REGISTRY_DIR=""
+LABEL org.opencontainers.image.title="galaxypaint" \
+      org.opencontainers.image.description="Halo-galaxy connection models (de Santi et al. 2022) served over HTTP"
+COPY --from=builder /opt/venv /opt/venv
+COPY docker/entrypoint.sh /usr/local/bin/galaxypaint-entrypoint
+RUN useradd --create-home --uid 10001 galaxypaint && mkdir -p /srv/galaxypaint/models /srv/galaxypaint/data \
+    && chown -R galaxypaint /srv/galaxypaint
+# an optional registry (SQLite + ONNX) baked in for offline collaborators; the build context must hold it
+COPY --chown=galaxypaint ${REGISTRY_DIR:-docker}/ /tmp/baked/
+RUN if [ -f /tmp/baked/registry.sqlite ]; then cp -r /tmp/baked/. /srv/galaxypaint/models/; fi && rm -rf /tmp/baked
+ENV PATH=/opt/venv/bin:$PATH \
+    GALAXYPAINT_REGISTRY=/srv/galaxypaint/models \
+    GALAXYPAINT_DATA_DIR=/srv/galaxypaint/data \
+    GALAXYPAINT_HOST=0.0.0.0 \
+    GALAXYPAINT_PORT=8000 \
+    PYTHONUNBUFFERED=1
+USER galaxypaint
+VOLUME ["/srv/galaxypaint/models", "/srv/galaxypaint/data"]
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=6s --start-period=30s --retries=3 CMD ["galaxypaint-entrypoint", "healthcheck"]
+ENTRYPOINT ["galaxypaint-entrypoint"]
+CMD ["serve"]

@@ -1,0 +1,94 @@
+"""What the Docker image runs, tested without Docker: the entrypoint in a fresh serving-only venv,
+and the Dockerfile's structure (parsed with Docker's own parser when the ``dockerfile`` package is present)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
+
+
+def test_dockerfile_structure():
+    dockerfile = pytest.importorskip("dockerfile")
+    cmds = dockerfile.parse_file(str(ROOT / "Dockerfile"))
+    stages = [c.value[-1] for c in cmds if c.cmd == "FROM"]
+    assert stages == ["builder", "trainer", "runtime"]
+    runtime = cmds[max(i for i, c in enumerate(cmds) if c.cmd == "FROM"):]
+    by = {c.cmd: c for c in runtime}
+    assert by["USER"].value == ("galaxypaint",)  # not root
+    assert by["EXPOSE"].value == ("8000",)
+    assert by["HEALTHCHECK"].value == ("CMD", "galaxypaint-entrypoint", "healthcheck")
+    assert by["ENTRYPOINT"].value == ("galaxypaint-entrypoint",) and by["CMD"].value == ("serve",)
+    assert set(by["VOLUME"].value) == {"/srv/galaxypaint/models", "/srv/galaxypaint/data"}
+    for c in cmds:  # every file the build copies from the context exists
+        if c.cmd == "COPY" and not any(f.startswith("--from") for f in c.flags):
+            for src in c.value[:-1]:
+                if "$" not in src:
+                    assert (ROOT / src).exists(), src
+    runtime_pip = [c for c in runtime if c.cmd == "RUN" and "pip install" in c.value[0]]
+    assert runtime_pip == []  # the runtime stage copies the serving-only venv, nothing heavier
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_entrypoint_serves_from_a_serving_only_install(tmp_path):
+    pytest.importorskip("lightgbm")
+    from training.demo_catalog import make_demo_catalog
+    from training.pipeline import TrainConfig, run_training
+
+    from app.registry import Registry
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT)], capture_output=True, text=True,
+                         timeout=1200)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    py = str(venv / "bin" / "python")
+    for heavy in ("sklearn", "tensorflow", "lightgbm"):
+        assert subprocess.run([py, "-c", f"import {heavy}"], capture_output=True).returncode != 0, heavy
+
+    registry = tmp_path / "models"
+    run_training(make_demo_catalog(n=2500, seed=9), Registry(registry),
+                 TrainConfig(targets=("smass",), models=("lgbm", "knn"), seed=3))
+    port = _free_port()
+    env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "GALAXYPAINT_REGISTRY": str(registry),
+           "GALAXYPAINT_DATA_DIR": str(tmp_path / "data"), "GALAXYPAINT_HOST": "127.0.0.1",
+           "GALAXYPAINT_PORT": str(port), "PYTHONPATH": ""}
+    env.pop("VIRTUAL_ENV", None)
+    server = subprocess.Popen(["sh", str(ENTRYPOINT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, cwd=tmp_path)
+    try:
+        healthy = False
+        for _ in range(300):
+            if subprocess.run(["sh", str(ENTRYPOINT), "healthcheck"], env=env, capture_output=True).returncode == 0:
+                healthy = True
+                break
+            assert server.poll() is None, server.stdout.read()
+            time.sleep(0.2)
+        assert healthy
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/predict",
+                       json={"halos": [{"M_h": 12.0, "C_h": 1.0, "S_h": 0.04, "z_h": 1.2, "Delta3_h": 3.0}]})
+        assert r.status_code == 200 and 9 < r.json()["predictions"]["smass"][0] < 12
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    log = server.stdout.read()
+    # uvicorn shuts down gracefully, then re-raises the signal it caught (exit status -15)
+    assert server.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in log, log[-2000:]
+    bad = subprocess.run(["sh", str(ENTRYPOINT), "healthcheck"], env=env, capture_output=True)
+    assert bad.returncode != 0  # nothing listens any more
