@@ -124,7 +124,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     targets = _csv_list(args.targets, TARGET_NAMES, "target")
     paths = _csv_list(args.paths or "raw", PATHS, "path")
+    from training.estimators import MODEL_KINDS
+
+    models = _csv_list(args.models, MODEL_KINDS, "model")
     cfg = TrainConfig(targets=targets, paths=paths, seed=args.seed, preset=args.preset, alias=args.alias or None,
+                      models=models,
                       smogn=_smogn_overrides(args.smogn_config), extra={"data_path": os.path.abspath(args.data)})
     try:
         cfg.validate()
@@ -429,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="training table (.parquet, .csv, .hdf5)")
     p.add_argument("--targets", help=f"comma-separated subset of {','.join(TARGET_NAMES)} (default: all)")
     p.add_argument("--paths", help="raw and/or smogn (default: raw)")
+    p.add_argument("--models", help="models in the stack: subset of ert,knn,lgbm,nn (default: all four, as the "
+                                    "paper; without knn the stacks paint an order of magnitude faster)")
     p.add_argument("--smogn-config", help="JSON file of per-target SMOGN parameters overriding the paper's "
                                           '(e.g. {"sSFR": {"k": 5}})')
     p.add_argument("--seed", type=int, default=42, help="seed of the split and of every model (default 42)")
