@@ -52,6 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception as exc:  # a tampered artefact: stay up, unready, with the reason
             state.warm_models, state.not_ready_reason = [], str(exc)
             log.error("models not loaded: %s", exc)
+        if settings.api_token is None:
+            log.warning("no GALAXYPAINT_API_TOKEN: alias moves and job submission are open to every client")
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         state.jobs = JobStore(settings.registry / "registry.sqlite")
         state.runner = JobRunner(state.jobs, settings.registry, settings.data_dir, settings.job_workers,

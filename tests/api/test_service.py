@@ -33,9 +33,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(registry: Path, data_dir: Path, **env) -> tuple[subprocess.Popen, str]:
+def _start(registry: Path, data_dir: Path, token: str | None = TOKEN, **env) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    full_env = {**os.environ, "GALAXYPAINT_API_TOKEN": TOKEN, "GALAXYPAINT_MAX_BATCH_HALOS": "1000", **env}
+    full_env = {**os.environ, "GALAXYPAINT_MAX_BATCH_HALOS": "1000", **env}
+    full_env.pop("GALAXYPAINT_API_TOKEN", None)
+    if token:
+        full_env["GALAXYPAINT_API_TOKEN"] = token
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--registry",
                              str(registry), "--data-dir", str(data_dir), "--log-level", "warning"],
                             env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -58,7 +61,7 @@ def trained_registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("service")
     df = make_demo_catalog(n=4000, seed=12)
     reg = Registry(root / "models")
-    run_training(df, reg, TrainConfig(targets=("smass", "sSFR"), paths=("raw",), models=("lgbm", "knn"), seed=1))
+    run_training(df, reg, TrainConfig(targets=("smass", "sSFR"), paths=("raw",), preset="fast", seed=1))
     data_dir = root / "data"
     data_dir.mkdir()
     write_table(df.iloc[:3000], data_dir / "halos.parquet")
@@ -69,7 +72,7 @@ def trained_registry(tmp_path_factory):
 def server(trained_registry):
     root, df = trained_registry
     proc, url = _start(root / "models", root / "data")
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         yield client, root, df
     proc.terminate()
     proc.wait(timeout=20)
@@ -173,17 +176,17 @@ def test_registry_endpoints_and_alias_moves_need_the_token(server):
     assert show["aliases"] == {"production": 1} and "training_domain" in show["versions"][0]
     assert "artefact" not in show["versions"][0]
     body = {"alias": "staging", "version": 1}
-    assert client.post("/v1/models/smass-raw-stack/aliases", json=body).status_code == 401
-    wrong = client.post("/v1/models/smass-raw-stack/aliases", json=body, headers={"Authorization": "Bearer nope"})
-    assert wrong.status_code == 401
-    ok = client.post("/v1/models/smass-raw-stack/aliases", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    url = f"{client.base_url}/v1/models/smass-raw-stack/aliases"
+    assert httpx.post(url, json=body).status_code == 401
+    wrong = httpx.post(url, json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "bearer token" in wrong.json()["detail"]
+    ok = client.post("/v1/models/smass-raw-stack/aliases", json=body)
     assert ok.status_code == 200 and ok.json()["uri"] == "models:/smass-raw-stack/1"
     assert Registry(root / "models", create=False).get("smass-raw-stack", alias="staging").version == 1
     halo = {"M_h": 12.0, "C_h": 1.0, "S_h": 0.04, "z_h": 1.2, "Delta3_h": 3.0}
     staged = client.post("/v1/predict", json={"halos": [halo], "targets": ["smass"], "model": "staging"}).json()
     assert staged["models"][0]["aliases"] == ["production", "staging"]
-    nope = client.post("/v1/models/smass-raw-stack/aliases", json={"alias": "staging", "version": 9},
-                       headers={"Authorization": f"Bearer {TOKEN}"})
+    nope = client.post("/v1/models/smass-raw-stack/aliases", json={"alias": "staging", "version": 9})
     assert nope.status_code == 404 and "alias" in nope.json()["detail"]
 
 
@@ -218,6 +221,11 @@ def test_paint_job_upload_then_pk_job(server, tmp_path):
 
 def test_job_requests_are_checked(server):
     client, _, _ = server
+    base = str(client.base_url)
+    assert httpx.post(f"{base}/v1/jobs/paint", data={"catalog": "halos.parquet"}).status_code == 401
+    assert httpx.post(f"{base}/v1/jobs/pk", json={"path": "halos.parquet"}).status_code == 401
+    assert httpx.delete(f"{base}/v1/jobs/job-x").status_code == 401
+    assert httpx.get(f"{base}/v1/jobs").status_code == 200  # reading is open
     r = client.post("/v1/jobs/paint", data={"catalog": "../../etc/passwd"})
     assert r.status_code == 403 and "outside the server's data directory" in r.json()["detail"]
     r = client.post("/v1/jobs/paint", data={"catalog": "absent.parquet"})
@@ -257,14 +265,18 @@ def test_jobs_left_running_by_a_crash_fail_at_restart(trained_registry, tmp_path
     store.update(job["id"], worker=f"{socket.gethostname()}:{gone.pid}")
     running = store.create("paint", {"input": "y"})
     assert store.start(running["id"])  # taken by a live process (this one): left alone
-    proc, url = _start(root / "models", tmp_path / "data")
+    (tmp_path / "data").mkdir()
+    write_table(make_demo_catalog(n=500, seed=3), tmp_path / "data" / "h.parquet")
+    proc, url = _start(root / "models", tmp_path / "data", token=None)
     try:
         after = httpx.get(f"{url}/v1/jobs/{job['id']}").json()
+        open_server = httpx.post(f"{url}/v1/jobs/paint", data={"catalog": "h.parquet"})  # no token configured
     finally:
         proc.terminate()
         proc.wait(timeout=20)
     assert after["status"] == "failed" and "server stopped while this job was running" in after["error"]
     assert store.get(running["id"])["status"] == "running"
+    assert open_server.status_code == 202
 
 
 def test_tampered_model_keeps_the_server_unready(tmp_path, trained_registry):

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 from fastapi.responses import FileResponse
 
-from app.api.deps import JobsDep, RunnerDep, SettingsDep, StoreDep
+from app.api.deps import JobsDep, RunnerDep, SettingsDep, StoreDep, TokenDep
 from app.api.schemas import JobInfo, PkJobRequest
 from app.catalogs import CatalogError, detect_format
 from app.dataplane import PATHS, DataPlaneError
@@ -49,7 +49,7 @@ def _job(jobs, job_id: str) -> dict:
 
 
 @router.post("/paint", status_code=202, response_model=JobInfo)
-async def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, store: StoreDep,
+async def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, store: StoreDep, _: TokenDep,
                        file: Annotated[UploadFile | None, File(description="halo catalog (.csv, .parquet, .hdf5)")] = None,
                        catalog: Annotated[str | None, Form(description="or a catalog path in the data directory")] = None,
                        columns: Annotated[str | None, Form(description="column mapping NAME=SOURCE[,...]")] = None,
@@ -112,7 +112,7 @@ async def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, 
 
 
 @router.post("/pk", status_code=202, response_model=JobInfo)
-def submit_pk(req: PkJobRequest, settings: SettingsDep, jobs: JobsDep, runner: RunnerDep) -> dict:
+def submit_pk(req: PkJobRequest, settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, _: TokenDep) -> dict:
     if req.job_id is not None:
         paint = _job(jobs, req.job_id)
         if paint["kind"] != "paint" or paint["status"] != "succeeded":
@@ -155,7 +155,7 @@ def get_result(job_id: str, jobs: JobsDep, settings: SettingsDep, part: str = "f
 
 
 @router.delete("/{job_id}", response_model=JobInfo)
-def cancel_job(job_id: str, jobs: JobsDep) -> dict:
+def cancel_job(job_id: str, jobs: JobsDep, _: TokenDep) -> dict:
     job = _job(jobs, job_id)
     if job["status"] in FINAL:
         return job
