@@ -168,10 +168,14 @@ def knn_nodes(train_x: np.ndarray, train_y: np.ndarray, k: int, p: int, inp: str
     """Exact k-nearest-neighbour mean (uniform weights, Minkowski p = 1 or 2), brute force in double.
 
     ``inp`` holds the *scaled* features.  p=2 ranks rows by |x|^2 - 2 q.x with one GEMM (|q|^2 is
-    the same for every row of a query); p=1 forms |q - x| for every row, which needs
-    ``8 d n`` bytes per query row: callers batch it (see ``max_batch_rows``).
-    Measured alternative, not kept: k-d-tree leaves with exact-candidate lists and a per-row
-    brute-force fallback; in these 5-D halo features 36-99 % of queries needed the fallback.
+    the same for every row of a query); p=1 accumulates |q_j - x_j| feature by feature, which needs a
+    few ``8 n`` byte rows per query row: callers batch it (see ``max_batch_rows``).
+    Measured on 2 cores (84k training rows) and not kept: k-d-tree leaves with exact-candidate lists
+    and a per-row brute-force fallback (36-99 % of queries fell back); block minima of the full
+    distance matrix to shrink TopK (exact, but the double GEMM alone runs at 16-18k rows/s, so no
+    exact brute force reaches 20k); bounding-box lower bounds per 32-64-row block with candidate
+    gathers (exact with a fallback flag, 99.9 % pass with 2-4k candidates, but 5-8k rows/s for p=2;
+    ~6k rows/s for p=1, a possible future gain for Manhattan).
     """
     if p not in (1, 2):
         raise ValueError("kNN export supports p=1 (Manhattan) and p=2 (Euclidean)")
