@@ -1,12 +1,15 @@
 """The data plane: loaded ONNX models and prediction, independent of any transport (HTTP, CLI).
 
-``ModelStore`` resolves names, aliases and versions through the registry on every request (one
-small SQLite query) and keeps one onnxruntime session per (name, version): moving an alias takes
-effect at the next request, and a version is loaded (sha256-verified) once.
+``ModelStore`` resolves names, aliases and versions through the registry and keeps one onnxruntime
+session per (name, version), loaded (sha256-verified) once.  Resolutions are cached until the
+database changes — SQLite's ``PRAGMA data_version``, polled on a dedicated read-only connection at
+every request, moves whenever another connection commits — so moving an alias (from the API, the
+CLI or another process) takes effect at the next request without a query per model.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -14,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from app.inference import LoadedModel
-from app.registry import ModelVersion, Registry, RegistryError, parse_reference
+from app.registry import DB_NAME, ModelVersion, Registry, RegistryError, parse_reference
 from app.schema import FEATURE_NAMES, TARGET_NAMES
 
 PATHS = ("raw", "smogn")
@@ -36,10 +39,39 @@ class ModelStore:
         self.threads = threads
         self._sessions: dict[tuple[str, int], LoadedModel] = {}
         self._lock = threading.Lock()
+        self._resolved: dict[tuple, ModelVersion] = {}
+        self._names: list[str] | None = None
+        self._data_version: int | None = None
+        self._watch = sqlite3.connect(f"file:{registry.root / DB_NAME}?mode=ro", uri=True, check_same_thread=False)
+
+    def _check_fresh(self) -> None:
+        """Forget cached resolutions when the registry database has changed since the last request."""
+        with self._lock:
+            now = self._watch.execute("PRAGMA data_version").fetchone()[0]
+            if now != self._data_version:
+                self._resolved.clear()
+                self._names = None
+                self._data_version = now
+
+    def names(self) -> list[str]:
+        self._check_fresh()
+        if self._names is None:
+            self._names = self.registry.names()
+        return self._names
 
     # ------------------------------------------------------------------ resolution
     def version(self, name: str, version: int | None = None, alias: str | None = None) -> ModelVersion:
         """A registered version; with neither version nor alias: ``production`` if set, else the latest."""
+        self._check_fresh()
+        key = (name, version, alias)
+        cached = self._resolved.get(key)
+        if cached is not None:
+            return cached
+        mv = self._resolve(name, version, alias)
+        self._resolved[key] = mv
+        return mv
+
+    def _resolve(self, name: str, version: int | None, alias: str | None) -> ModelVersion:
         try:
             if version is None and alias is None:
                 try:
@@ -144,7 +176,7 @@ def predict(store: ModelStore, x: np.ndarray, path: str = "raw", targets: Sequen
     """Stack predictions for halos ``x`` [N, 5] (schema order and units) for each requested target."""
     x = check_features(x)
     if targets is None:
-        names = {m.name for m in store.registry.list_models()}
+        names = set(store.names())
         targets = [t for t in TARGET_NAMES if f"{t}-{path}-stack" in names]
         if not targets:
             raise DataPlaneError(f"no {path}-path stack is registered", "path", status=404)

@@ -68,7 +68,7 @@ class StackPredictor:
                  model: str | None = None, threads: int = 0) -> None:
         self.registry = registry
         self.path = path
-        self._names = {m.name for m in registry.list_models()}
+        self._names = set(registry.names())
         self.targets = tuple(targets) if targets else tuple(
             t for t in TARGET_NAMES if f"{t}-{path}-stack" in self._names)
         if not self.targets:

@@ -106,6 +106,18 @@ class JobStore:
             cur.close()
 
         _Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Databases made by an earlier galaxypaint lack newer nullable columns: add them in place."""
+        from sqlalchemy import inspect, text
+
+        have = {c["name"] for c in inspect(self.engine).get_columns(JobRow.__tablename__)}
+        with self.engine.begin() as conn:
+            for col in JobRow.__table__.columns:
+                if col.name not in have and col.nullable:
+                    conn.execute(text(f"ALTER TABLE {JobRow.__tablename__} ADD COLUMN {col.name} "
+                                      f"{col.type.compile(self.engine.dialect)}"))
 
     def create(self, kind: str, params: dict[str, Any]) -> dict:
         if kind not in KINDS:

@@ -323,11 +323,14 @@ class Registry:
                              .order_by(ModelVersionRow.version))
             return [self._to_version(r, aliases.get(r.version, ())) for r in rows]
 
+    def names(self) -> list[str]:
+        """Every registered model name (one query; the serving path asks this per request)."""
+        with Session(self.engine) as s:
+            return list(s.scalars(select(ModelVersionRow.name).distinct().order_by(ModelVersionRow.name)))
+
     def list_models(self) -> list[ModelVersion]:
         """The latest version of every model name (with its aliases)."""
-        with Session(self.engine) as s:
-            names = list(s.scalars(select(ModelVersionRow.name).distinct().order_by(ModelVersionRow.name)))
-        return [self.versions(n)[-1] for n in names]
+        return [self.versions(n)[-1] for n in self.names()]
 
     def find(self, target: str, path: str, kind: str = "stack", alias: str | None = DEFAULT_ALIAS) -> ModelVersion:
         """The model serving ``target`` on ``path``: by convention named ``<target>-<path>-<kind>``."""

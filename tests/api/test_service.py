@@ -298,3 +298,18 @@ def test_tampered_model_keeps_the_server_unready(tmp_path, trained_registry):
         proc.wait(timeout=20)
     assert ready.status_code == 503 and "sha256" in ready.json()["reason"]
     assert pred.status_code == 500 and "sha256" in pred.json()["detail"]
+
+
+def test_model_store_sees_alias_moves_from_other_connections(trained_registry, tmp_path):
+    import shutil
+
+    from app.dataplane import ModelStore
+
+    root, _ = trained_registry
+    shutil.copytree(root / "models", tmp_path / "models")
+    store = ModelStore(Registry(tmp_path / "models", create=False))
+    assert store.version("smass-raw-stack").aliases == ("production",)
+    other = Registry(tmp_path / "models", create=False)  # e.g. `galaxypaint models promote` elsewhere
+    other.set_alias("smass-raw-stack", "staging", 1)
+    assert store.version("smass-raw-stack", alias="staging").version == 1
+    assert store.version("smass-raw-stack").aliases == ("production", "staging")  # cache was refreshed

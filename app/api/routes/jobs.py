@@ -64,7 +64,7 @@ async def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, 
     if output_format not in OUTPUT_FORMATS:
         raise HTTPException(422, f"output_format: {output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
     wanted = _targets(targets) or [t for t in TARGET_NAMES if f"{t}-{path}-stack" in
-                                   {m.name for m in store.registry.list_models()}]
+                                   set(store.names())]
     if not wanted:
         raise HTTPException(404, f"path: no {path}-path stack is registered")
     try:
