@@ -5,7 +5,8 @@ One run = one table, one seed, one preset.  For each target and path the run
    (``training.smogn``, the paper's per-target settings); the test split is never augmented;
 1. standardizes the 5 halo features (StandardScaler fitted on the training split);
 2. fits ERT, kNN, LightGBM and the NN, each chosen on the validation split (``training.estimators``);
-3. fits the stack, a LinearRegression on the four models' validation-set predictions;
+3. fits the stack, a LinearRegression on the four models' validation-set predictions (the real
+   validation rows, also on the smogn path: see ``train_target``);
 4. measures every model and the stack on the untouched test split (Pearson r, MSE, K-S D,
    permutation importance: halo features for the models, model outputs for the stack);
 5. writes one ONNX graph per model and one fused graph (scaler + 4 models + stacker) and checks each
@@ -186,9 +187,13 @@ def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, pa
         progress(f"[{target}/{path}] {kind} done in {time.perf_counter() - t0:.1f} s")
 
     progress(f"[{target}/{path}] test-set metrics and permutation importance")
-    val_preds = np.column_stack([fitted[k].predict(xv) for k in cfg.models])
+    # the stack combines the models for the real distribution: it is fit on the validation rows as they
+    # are (on the smogn path the models were trained and chosen on augmented splits; fitting the
+    # stack on synthetic rows weighted them for a distribution the test set does not have)
+    xv_stack, yv_stack = scaler.transform(x[va]), y[va]
+    val_preds = np.column_stack([fitted[k].predict(xv_stack) for k in cfg.models])
     test_preds = np.column_stack([fitted[k].predict(xe) for k in cfg.models])
-    stack = _stack_fit(val_preds, yv)
+    stack = _stack_fit(val_preds, yv_stack)
     stack_test = stack.predict(test_preds)
 
     rng = np.random.default_rng(cfg.seed)
@@ -207,7 +212,7 @@ def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, pa
     imp, imp_std = permutation_importance(stack.predict, test_preds[sub], ye[sub], preset.importance_repeats, cfg.seed)
     ref = list(cfg.models).index("lgbm") if "lgbm" in cfg.models else 0
     result["stack"] = {**regression_metrics(stack_test, ye), "coef": dict(zip(cfg.models, stack.coef_.tolist())),
-                       "intercept": float(stack.intercept_),
+                       "intercept": float(stack.intercept_), "fit_on": "validation rows (never augmented)",
                        "importance": dict(zip(cfg.models, imp.tolist())),
                        "importance_std": dict(zip(cfg.models, imp_std.tolist())),
                        "importance_normalized": dict(zip(cfg.models, normalized(imp, ref).tolist()))}
