@@ -125,7 +125,7 @@ def fig_metric_bars(metrics: pd.DataFrame, column: str, out: Path, title: str, p
             ax.axhline(paper[t], color="k", ls=":", lw=1, label="paper")
         ax.set_xticks(np.arange(len(kinds)) + 0.4 - width / 2, [MODEL_LABELS[k] for k in kinds], fontsize=8)
         ax.set_title(t)
-        ax.legend(fontsize=7, frameon=False)
+        ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
     axes[0, 0].set_ylabel(column)
     fig.suptitle(title, y=1.03)
     return _save(fig, out)
@@ -202,11 +202,14 @@ def fig_importance(importance: pd.DataFrame, out: Path, names: list[str], title:
         sub = importance[importance.target == t]
         groups = list(dict.fromkeys(zip(sub.path, sub.model)))
         width = 0.8 / len(groups)
+        by_name = all(n in MODEL_LABELS for n in names)  # the stack's members: one colour per member
         for i, (path, model) in enumerate(groups):
             row = sub[(sub.path == path) & (sub.model == model)].iloc[0]
+            colors = ([f"C{list(MODEL_LABELS).index(n)}" for n in names] if by_name
+                      else f"C{list(MODEL_LABELS).index(model)}")
             ax.bar(np.arange(len(names)) + i * width, [row[n] for n in names], width,
-                   label=f"{MODEL_LABELS.get(model, model)} {path}", hatch="//" if path == "smogn" else None,
-                   color=f"C{list(MODEL_LABELS).index(model)}", edgecolor="k", lw=0.3)
+                   label=path if by_name else f"{MODEL_LABELS.get(model, model)} {path}",
+                   hatch="//" if path == "smogn" else None, color=colors, edgecolor="k", lw=0.3)
         ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, [MODEL_LABELS.get(n, n) for n in names], fontsize=8)
         ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_title(t)
