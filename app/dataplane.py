@@ -16,8 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from app.inference import LoadedModel
-from app.registry import DB_NAME, ModelVersion, Registry, RegistryError, parse_reference
+from app.inference import LoadedModel, is_reference, model_choice
+from app.registry import DB_NAME, ModelVersion, Registry, RegistryError
 from app.schema import FEATURE_NAMES, TARGET_NAMES
 
 PATHS = ("raw", "smogn")
@@ -88,21 +88,14 @@ class ModelStore:
             raise DataPlaneError(f"unknown target {target!r}: choose from {', '.join(TARGET_NAMES)}", "targets")
         if path not in PATHS:
             raise DataPlaneError(f"unknown path {path!r}: choose from {', '.join(PATHS)}", "path")
-        default = f"{target}-{path}-stack"
-        if model is None:
-            return self.version(default)
-        if model.isdigit():
-            return self.version(default, version=int(model))
-        if "@" in model or "/" in model or model.startswith("models:/") or model.endswith("-stack"):
-            try:
-                name, alias, ver = parse_reference(model)
-            except RegistryError as exc:
-                raise DataPlaneError(str(exc), "model") from None
-            mv = self.version(name, version=ver, alias=alias)
-            if mv.target != target:
-                raise DataPlaneError(f"model {mv.uri} predicts {mv.target}, not {target}", "model")
-            return mv
-        return self.version(default, alias=model)
+        try:
+            name, alias, version = model_choice(model, f"{target}-{path}-stack", self.names())
+        except RegistryError as exc:
+            raise DataPlaneError(str(exc), "model") from None
+        mv = self.version(name, version=version, alias=alias)
+        if mv.target != target:
+            raise DataPlaneError(f"model {mv.uri} predicts {mv.target}, not {target}", "model")
+        return mv
 
     # ------------------------------------------------------------------ sessions
     def session(self, mv: ModelVersion) -> LoadedModel:
@@ -137,6 +130,13 @@ class Prediction:
     values: dict[str, np.ndarray]
     models: list[dict]
     warnings: list[dict] = field(default_factory=list)
+
+
+def serving_versions(store: ModelStore, targets: Sequence[str], path: str, model: str | None) -> list[ModelVersion]:
+    """The stack serving each target; a full model reference can only serve a single target."""
+    if len(targets) > 1 and is_reference(model, store.names()):
+        raise DataPlaneError("a full model reference serves one target: give a single target", "model")
+    return [store.serving_version(t, path, model) for t in targets]
 
 
 def check_features(x: np.ndarray, names: Sequence[str] = FEATURE_NAMES) -> np.ndarray:
@@ -180,9 +180,7 @@ def predict(store: ModelStore, x: np.ndarray, path: str = "raw", targets: Sequen
         targets = [t for t in TARGET_NAMES if f"{t}-{path}-stack" in names]
         if not targets:
             raise DataPlaneError(f"no {path}-path stack is registered", "path", status=404)
-    if model is not None and len(targets) > 1 and ("@" in model or "/" in model or model.endswith("-stack")):
-        raise DataPlaneError("a full model reference serves one target: give a single target", "model")
-    mvs = [store.serving_version(t, path, model) for t in targets]
+    mvs = serving_versions(store, targets, path, model)
     values = {t: store.session(mv).predict(x) for t, mv in zip(targets, mvs)}
     info = [{"target": t, "name": mv.name, "version": mv.version, "sha256": mv.sha256, "aliases": list(mv.aliases)}
             for t, mv in zip(targets, mvs)]

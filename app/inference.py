@@ -6,14 +6,14 @@ features in schema order, in schema units, as float64; outputs are the targets i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from app.registry import ModelVersion, Registry, RegistryError
+from app.registry import ModelVersion, Registry, RegistryError, parse_reference
 from app.schema import FEATURE_NAMES, TARGET_NAMES
 
 INPUT_NAME = "halo_features"
@@ -56,6 +56,24 @@ class LoadedModel:
         return run_batched(self.session, x, self.max_batch_rows)
 
 
+def is_reference(model: str | None, names: Collection[str] = ()) -> bool:
+    """Whether a ``model`` choice names one model (``NAME``, ``NAME@ALIAS``, ``NAME/V``, ``models:/...``)
+    rather than an alias or version applied to every target's default stack."""
+    return model is not None and ("@" in model or "/" in model or model.startswith("models:/") or model in names)
+
+
+def model_choice(model: str | None, default: str, names: Collection[str] = ()) -> tuple[str, str | None, int | None]:
+    """(name, alias, version) to look up for a ``model`` choice: None (the default stack at
+    ``production``, else its latest version), a version number, an alias, or a full reference."""
+    if model is None:
+        return default, None, None
+    if model.isdigit():
+        return default, None, int(model)
+    if is_reference(model, names):
+        return parse_reference(model)
+    return default, model, None
+
+
 class StackPredictor:
     """The serving models of several targets on one path, loaded once.
 
@@ -82,14 +100,8 @@ class StackPredictor:
             self.models[target] = LoadedModel.load(registry, mv, threads)
 
     def _resolve(self, target: str, model: str | None) -> ModelVersion:
-        default = f"{target}-{self.path}-stack"
-        if model is None:
-            return self.registry.get(default)
-        if model.isdigit():
-            return self.registry.get(default, version=int(model))
-        if "@" not in model and "/" not in model and not model.startswith("models:/") and model not in self._names:
-            return self.registry.get(default, alias=model)
-        mv = self.registry.resolve(model)
+        name, alias, version = model_choice(model, f"{target}-{self.path}-stack", self._names)
+        mv = self.registry.get(name, version=version, alias=alias)
         if mv.target != target:
             raise RegistryError(f"model {mv.uri} predicts {mv.target}, not {target}")
         return mv

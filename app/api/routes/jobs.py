@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse
 from app.api.deps import JobsDep, RunnerDep, SettingsDep, StoreDep, TokenDep
 from app.api.schemas import JobInfo, PkJobRequest
 from app.catalogs import CatalogError, detect_format
-from app.dataplane import PATHS, DataPlaneError
+from app.dataplane import PATHS, DataPlaneError, serving_versions
 from app.jobs import FINAL, JobError, job_dir
 from app.schema import TARGET_NAMES
 
@@ -68,10 +68,7 @@ async def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, 
     if not wanted:
         raise HTTPException(404, f"path: no {path}-path stack is registered")
     try:
-        if model and len(wanted) > 1 and ("@" in model or "/" in model or model.endswith("-stack")):
-            raise DataPlaneError("a full model reference serves one target: give a single target", "model")
-        for t in wanted:
-            store.serving_version(t, path, model)
+        serving_versions(store, wanted, path, model)
     except DataPlaneError as exc:
         raise HTTPException(exc.status, f"{exc.field or 'model'}: {exc}") from None
     params = {"path": path, "targets": wanted, "model": model, "columns": columns, "output_format": output_format}
