@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from training import onnx_export as ox
+from training import knn_onnx, onnx_export as ox
 
 lgb = pytest.importorskip("lightgbm")
 pytest.importorskip("sklearn")
@@ -68,23 +68,60 @@ def test_extra_trees_graph_matches_sklearn_including_at_thresholds(data):
 
 @pytest.mark.parametrize("p", [1, 2])
 def test_knn_graph_finds_the_same_neighbours(data, p):
+    """The k-d-cell graph is exact: inside the domain, far outside it (brute-force fallback), for
+    repeated rows, single rows and an empty batch."""
     from sklearn.neighbors import KNeighborsRegressor
 
     xt, yt, xe, _ = data
-    ref = KNeighborsRegressor(n_neighbors=29, p=p).fit(xt, yt).predict(xe)
-    sess = _session(*ox.knn_nodes(xt, yt, 29, p, ox.INPUT_NAME, ox.OUTPUT_NAME, "k_"))
-    batch = ox.knn_max_batch_rows(len(xt), p)
-    got = np.concatenate([_run(sess, xe[i:i + batch]) for i in range(0, len(xe), batch)])
-    assert np.abs(got - ref).max() < 1e-12
-    assert _run(sess, xe[:1]).shape == (1,)
+    model = KNeighborsRegressor(n_neighbors=29, p=p).fit(xt, yt)
+    nodes, inits = knn_onnx.knn_nodes(xt, yt, 29, p, ox.INPUT_NAME, ox.OUTPUT_NAME, "k_")
+    assert any(n.op_type == "Loop" for n in nodes) and len(xt) >= knn_onnx.MIN_ROWS_FOR_PARTITION
+    sess = _session(nodes, inits)
+    probes = np.vstack([xe, 6 * xe[:50], xe[:50] + 40.0, np.repeat(xe[:1], 300, axis=0)])
+    assert np.abs(_run(sess, probes) - model.predict(probes)).max() < 1e-12
+    assert np.abs(_run(sess, xe[:1]) - model.predict(xe[:1])).max() < 1e-12
+    assert _run(sess, np.zeros((0, 5))).shape == (0,)
+
+
+def test_knn_partition_covers_every_row_once(data):
+    xt, _, _, _ = data
+    part = knn_onnx.build_partition(xt, cell_size=32, block_size=8)
+    rows = np.concatenate(part.blocks)
+    assert np.array_equal(np.sort(rows), np.arange(len(xt)))
+    assert max(len(b) for b in part.blocks) <= 8
+    assert sorted(np.concatenate(part.cell_blocks).tolist()) == list(range(len(part.blocks)))
+    for c, blocks in enumerate(part.cell_blocks):  # every row lies in its cell's box
+        pts = xt[np.concatenate([part.blocks[b] for b in blocks])]
+        assert np.all(pts >= part.cell_lo[c]) and np.all(pts <= part.cell_hi[c])
+
+
+def test_knn_small_training_set_is_brute_force(data):
+    from sklearn.neighbors import KNeighborsRegressor
+
+    xt, yt, xe, _ = data
+    nodes, inits = knn_onnx.knn_nodes(xt[:500], yt[:500], 7, 1, ox.INPUT_NAME, ox.OUTPUT_NAME, "k_")
+    got = _run(_session(nodes, inits), xe)
+    assert np.abs(got - KNeighborsRegressor(n_neighbors=7, p=1).fit(xt[:500], yt[:500]).predict(xe)).max() < 1e-12
 
 
 def test_knn_rejects_bad_arguments(data):
     xt, yt, _, _ = data
     with pytest.raises(ValueError, match="p=1"):
-        ox.knn_nodes(xt, yt, 5, 3, "a", "b", "k_")
+        knn_onnx.knn_nodes(xt, yt, 5, 3, "a", "b", "k_")
     with pytest.raises(ValueError, match="only 10 training rows"):
-        ox.knn_nodes(xt[:10], yt[:10], 29, 2, "a", "b", "k_")
+        knn_onnx.knn_nodes(xt[:10], yt[:10], 29, 2, "a", "b", "k_")
+
+
+def test_forest_split_into_several_operators_matches_one(data):
+    from sklearn.ensemble import ExtraTreesRegressor
+
+    xt, yt, xe, _ = data
+    ert = ExtraTreesRegressor(n_estimators=12, min_samples_leaf=3, random_state=1).fit(xt, yt)
+    trees = ox.sklearn_trees(ert)
+    nodes, inits = ox.tree_ensemble_nodes(trees, ox.INPUT_NAME, ox.OUTPUT_NAME, average=True, prefix="e_",
+                                          float32_inputs=True, max_nodes=3 * len(trees[0].left))
+    assert sum(n.op_type == "TreeEnsembleRegressor" for n in nodes) > 2
+    assert np.abs(_run(_session(nodes, inits), xe) - ert.predict(xe)).max() < 1e-5
 
 
 def test_mlp_scaler_and_stack_graph(data):

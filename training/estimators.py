@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from training import onnx_export as ox
+from training import knn_onnx, onnx_export as ox
 
 Progress = Callable[[str], None]
 TIE_TOLERANCE = 0.002  # relative validation-MSE margin within which the cheaper candidate wins
@@ -132,8 +132,8 @@ def fit_knn(xt, yt, xv, yv, preset: Preset, seed: int, progress: Progress) -> Fi
     model = models[(k, p)]
     xt_c, yt_c = np.array(xt, dtype=np.float64), np.array(yt, dtype=np.float64)
     return Fitted("knn", {"n_neighbors": k, "p": p, "weights": "uniform"}, model.predict,
-                  lambda inp, out, prefix: ox.knn_nodes(xt_c, yt_c, k, p, inp, out, prefix),
-                  results, time.perf_counter() - t0, max_batch_rows=ox.knn_max_batch_rows(len(xt), p))
+                  lambda inp, out, prefix: knn_onnx.knn_nodes(xt_c, yt_c, k, p, inp, out, prefix),
+                  results, time.perf_counter() - t0)
 
 
 def fit_lgbm(xt, yt, xv, yv, preset: Preset, seed: int, progress: Progress) -> Fitted:

@@ -11,7 +11,8 @@ and 0.13 (double input) in log sSFR.  Written here as ``TreeEnsembleRegressor`` 
 double thresholds (``nodes_values_as_tensor``) the same trees agree to 5e-7 (float32 output rounding).
 scikit-learn trees compare ``float32(x) <= threshold``; the graph casts the input through float32
 to reproduce that exactly.  skl2onnx's kNN graph is brute force in float32 (wrong neighbours for
-~1 row in 20k, 272-714 rows/s); ours is exact in double and prunes with k-d-tree blocks.
+~1 row in 20k, 272-714 rows/s); ours (``training.knn_onnx``) is exact in double and searches
+k-d-tree cells.
 The MLP is a chain of MatMul/Add/Relu built from the Keras weights (no tf2onnx needed).
 
 Models never leave this process as pickles: the ONNX bytes are the artefacts.
@@ -114,12 +115,55 @@ def lightgbm_trees(booster) -> list[Tree]:
     return out
 
 
+#: nodes per TreeEnsemble operator: onnxruntime walks every tree of an operator for one row before
+#: the next row, so a forest larger than the CPU caches is split into several operators whose
+#: outputs are added (100 ExtraTrees of ~17k nodes: 123k rows/s as one operator, 186k in chunks of
+#: 10 trees, on the 2-core development machine)
+MAX_NODES_PER_OPERATOR = 200_000
+
+
 def tree_ensemble_nodes(trees: Sequence[Tree], inp: str, out: str, average: bool, prefix: str,
-                        float32_inputs: bool, base_value: float = 0.0) -> tuple[list, list]:
-    """``TreeEnsembleRegressor`` with double thresholds; returns (nodes, initializers); ``out`` is double [N, 1].
+                        float32_inputs: bool, base_value: float = 0.0,
+                        max_nodes: int = MAX_NODES_PER_OPERATOR) -> tuple[list, list]:
+    """``TreeEnsembleRegressor`` operators with double thresholds; returns (nodes, initializers);
+    ``out`` is double [N, 1]: the mean (``average``) or the sum of the trees, plus ``base_value``.
 
     ``float32_inputs`` rounds the input through float32 first (scikit-learn's trees do that).
+    Each operator returns float32, so a chunk's rounding (~6e-8 relative) is the only difference
+    from the native model; chunks are combined in double.
     """
+    nodes = []
+    src = inp
+    if float32_inputs:
+        nodes += [helper.make_node("Cast", [inp], [f"{prefix}x32"], to=TensorProto.FLOAT),
+                  helper.make_node("Cast", [f"{prefix}x32"], [f"{prefix}x64"], to=TensorProto.DOUBLE)]
+        src = f"{prefix}x64"
+    chunks: list[list[Tree]] = [[]]
+    size = 0
+    for t in trees:
+        if chunks[-1] and size + len(t.left) > max_nodes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(t)
+        size += len(t.left)
+    if len(chunks) == 1:
+        nodes += _tree_ensemble(chunks[0], src, f"{prefix}y32", average, f"{prefix}trees", base_value)
+        nodes.append(helper.make_node("Cast", [f"{prefix}y32"], [out], to=TensorProto.DOUBLE))
+        return nodes, []
+    inits, parts = [], []
+    for i, chunk in enumerate(chunks):
+        nodes += _tree_ensemble(chunk, src, f"{prefix}y32_{i}", average, f"{prefix}trees{i}", base_value if i == 0 else 0.0)
+        nodes.append(helper.make_node("Cast", [f"{prefix}y32_{i}"], [f"{prefix}y64_{i}"], to=TensorProto.DOUBLE))
+        parts.append(f"{prefix}y64_{i}")
+        if average:  # mean of the chunk means, weighted by their tree counts
+            inits.append(numpy_helper.from_array(np.array([len(chunk) / len(trees)]), f"{prefix}w{i}"))
+            nodes.append(helper.make_node("Mul", [parts[-1], f"{prefix}w{i}"], [f"{prefix}yw_{i}"]))
+            parts[-1] = f"{prefix}yw_{i}"
+    nodes.append(helper.make_node("Sum", parts, [out]))
+    return nodes, inits
+
+
+def _tree_ensemble(trees: Sequence[Tree], src: str, out: str, average: bool, name: str, base_value: float):
     tree_ids, node_ids, feats, modes, values, true_ids, false_ids = [], [], [], [], [], [], []
     leaf_tree, leaf_node, leaf_w = [], [], []
     for ti, t in enumerate(trees):
@@ -136,15 +180,9 @@ def tree_ensemble_nodes(trees: Sequence[Tree], inp: str, out: str, average: bool
         leaf_node.append(np.flatnonzero(is_leaf))
         leaf_w.append(t.value[is_leaf])
     cat = np.concatenate
-    nodes = []
-    src = inp
-    if float32_inputs:
-        nodes += [helper.make_node("Cast", [inp], [f"{prefix}x32"], to=TensorProto.FLOAT),
-                  helper.make_node("Cast", [f"{prefix}x32"], [f"{prefix}x64"], to=TensorProto.DOUBLE)]
-        src = f"{prefix}x64"
     n_nodes = sum(len(t.left) for t in trees)
-    nodes.append(helper.make_node(
-        "TreeEnsembleRegressor", [src], [f"{prefix}y32"], domain="ai.onnx.ml", name=f"{prefix}trees",
+    return [helper.make_node(
+        "TreeEnsembleRegressor", [src], [out], domain="ai.onnx.ml", name=name,
         n_targets=1, aggregate_function="AVERAGE" if average else "SUM", post_transform="NONE",
         nodes_treeids=cat(tree_ids).tolist(), nodes_nodeids=cat(node_ids).tolist(),
         nodes_featureids=cat(feats).tolist(), nodes_modes=modes,
@@ -155,73 +193,7 @@ def tree_ensemble_nodes(trees: Sequence[Tree], inp: str, out: str, average: bool
         target_ids=[0] * int(sum(len(x) for x in leaf_w)),
         target_weights_as_tensor=numpy_helper.from_array(cat(leaf_w).astype(np.float64)),
         base_values_as_tensor=numpy_helper.from_array(np.array([base_value], dtype=np.float64)),
-    ))
-    nodes.append(helper.make_node("Cast", [f"{prefix}y32"], [out], to=TensorProto.DOUBLE))
-    return nodes, []
-
-
-# ----------------------------------------------------------------------------- kNN
-
-
-def knn_nodes(train_x: np.ndarray, train_y: np.ndarray, k: int, p: int, inp: str, out: str,
-              prefix: str) -> tuple[list, list]:
-    """Exact k-nearest-neighbour mean (uniform weights, Minkowski p = 1 or 2), brute force in double.
-
-    ``inp`` holds the *scaled* features.  p=2 ranks rows by |x|^2 - 2 q.x with one GEMM (|q|^2 is
-    the same for every row of a query); p=1 accumulates |q_j - x_j| feature by feature, which needs a
-    few ``8 n`` byte rows per query row: callers batch it (see ``max_batch_rows``).
-    Measured on 2 cores (84k training rows) and not kept: k-d-tree leaves with exact-candidate lists
-    and a per-row brute-force fallback (36-99 % of queries fell back); block minima of the full
-    distance matrix to shrink TopK (exact, but the double GEMM alone runs at 16-18k rows/s, so no
-    exact brute force reaches 20k); bounding-box lower bounds per 32-64-row block with candidate
-    gathers (exact with a fallback flag, 99.9 % pass with 2-4k candidates, but 5-8k rows/s for p=2;
-    ~6k rows/s for p=1, a possible future gain for Manhattan).
-    """
-    if p not in (1, 2):
-        raise ValueError("kNN export supports p=1 (Manhattan) and p=2 (Euclidean)")
-    x = np.asarray(train_x, dtype=np.float64)
-    y = np.asarray(train_y, dtype=np.float64)
-    n, _ = x.shape
-    if k > n:
-        raise ValueError(f"k={k} neighbours but only {n} training rows")
-    P = prefix
-    inits = [_const(f"{P}k", np.array([k], np.int64)), _const(f"{P}ax1", np.array([1], np.int64)),
-             _const(f"{P}y", y)]
-    if p == 2:
-        # one GEMM: [q, 1] @ [[-2 X^T], [|x|^2]] = |x|^2 - 2 q.x, the squared distance less |q|^2
-        inits += [_const(f"{P}XTa", np.vstack([-2.0 * x.T, (x**2).sum(1)[None, :]])),
-                  _const(f"{P}one_col", np.array([[1.0]]))]
-        nodes = [helper.make_node("Shape", [inp], [f"{P}qshape"], end=1),
-                 helper.make_node("Concat", [f"{P}qshape", f"{P}ax1"], [f"{P}ones_shape"], axis=0),
-                 helper.make_node("Expand", [f"{P}one_col", f"{P}ones_shape"], [f"{P}ones"]),
-                 helper.make_node("Concat", [inp, f"{P}ones"], [f"{P}qa"], axis=1),
-                 helper.make_node("MatMul", [f"{P}qa", f"{P}XTa"], [f"{P}dist"])]
-    else:
-        # |q_j - x_j| accumulated feature by feature on [N, n] (1.3-1.7x faster than one [N, n, d]
-        # difference tensor reduced over its short last axis; the same sums in the same order)
-        nodes = []
-        for j in range(x.shape[1]):
-            inits += [_const(f"{P}x{j}", x[:, j][None, :]), _const(f"{P}c{j}", np.array([j], np.int64)),
-                      _const(f"{P}c{j}e", np.array([j + 1], np.int64))]
-            nodes += [helper.make_node("Slice", [inp, f"{P}c{j}", f"{P}c{j}e", f"{P}ax1"], [f"{P}q{j}"]),
-                      helper.make_node("Sub", [f"{P}q{j}", f"{P}x{j}"], [f"{P}d{j}"]),
-                      helper.make_node("Abs", [f"{P}d{j}"], [f"{P}a{j}"])]
-            if j > 0:
-                prev = f"{P}a0" if j == 1 else f"{P}acc{j - 1}"
-                nodes.append(helper.make_node("Add", [prev, f"{P}a{j}"],
-                                              [f"{P}dist" if j == x.shape[1] - 1 else f"{P}acc{j}"]))
-        if x.shape[1] == 1:
-            nodes.append(helper.make_node("Identity", [f"{P}a0"], [f"{P}dist"]))
-    nodes += [helper.make_node("TopK", [f"{P}dist", f"{P}k"], [f"{P}_v", f"{P}idx"], largest=0, sorted=0),
-              helper.make_node("Gather", [f"{P}y", f"{P}idx"], [f"{P}ny"]),
-              helper.make_node("ReduceMean", [f"{P}ny", f"{P}ax1"], [out], keepdims=1)]
-    return nodes, inits
-
-
-def knn_max_batch_rows(n_train: int, p: int, budget_bytes: int = 512 * 2**20) -> int:
-    """Largest query batch whose kNN temporaries stay within ``budget_bytes``."""
-    per_row = 8 * n_train * (6 if p == 1 else 3)
-    return int(max(1, min(65536, budget_bytes // per_row)))
+    )]
 
 
 # ----------------------------------------------------------------------------- dense nets, scaler, stack
