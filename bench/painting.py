@@ -6,9 +6,9 @@ Writes a synthetic halo catalog (features resampled from the built-in catalog wi
 written in row groups so the generator itself stays small), then runs ``galaxypaint paint`` on it
 as a child process per engine and reports wall time, halos/s and the peak RSS of the largest child
 process (for Dask: the largest of client and workers).  Goal (issue #7): >= 200,000 halos/s with
-peak memory < 2 GB on 2 cores.  The stacks' cost is dominated by their slowest member: an exact
-kNN in ONNX runs at ~9,000 rows/s on 2 cores, so a stack containing kNN cannot reach the goal; train
-with ``--models ert,lgbm,nn`` (or lgbm,nn) for fast painting and compare.
+peak memory < 2 GB on 2 cores.  The stacks' cost is dominated by their slowest member, the exact
+kNN (``training/knn_onnx.py``); train with ``--models ert,lgbm,nn`` (or lgbm,nn) for faster painting
+and compare.
 """
 
 from __future__ import annotations
