@@ -27,6 +27,10 @@ def property_label(target: str) -> str:
     return LABELS.get(target, f"{target} [{COLUMNS[target].unit}]" if target in COLUMNS else target)
 
 
+def _positive(values: np.ndarray) -> np.ndarray:
+    return np.where(values > 0, values, np.nan)
+
+
 def plot_clustering(results: Sequence[BinComparison], out: Path, title: str = "") -> Path:
     """The paper's Fig. 9: per property (columns) and bin (rows), P(k) of the true population (band:
     the Gaussian error) and of the predicted one, with the residual (P_pred - P_true)^2 / sigma^2 below."""
@@ -41,12 +45,19 @@ def plot_clustering(results: Sequence[BinComparison], out: Path, title: str = ""
         for r in (r for r in results if r.target == t):
             ax, axr = axes[3 * r.bin, j], axes[3 * r.bin + 1, j]
             ok = r.k > 0
+            # shot-noise-subtracted spectra can dip below zero where noise dominates: those bins are
+            # left out of the log plot (not clipped to a floor, which draws spurious cliffs)
+            curves = [c for c in (r.power_true, r.power_pred) if c is not None]
+            positive = np.concatenate([c[ok & (c > 0)] for c in curves])
+            floor = 0.3 * positive.min() if len(positive) else 1e-3
             if r.power_true is not None:
-                lo = np.clip(r.power_true - r.sigma, 1e-3, None)
-                ax.fill_between(r.k[ok], lo[ok], (r.power_true + r.sigma)[ok], color="0.8", label="true ±1σ")
-                ax.plot(r.k[ok], r.power_true[ok], color="k", lw=1.2, label=f"true (N={r.n_true:,})")
-            ax.plot(r.k[ok], np.clip(r.power_pred, 1e-3, None)[ok], color="C3", lw=1.2, ls="--",
+                lo = np.clip(r.power_true - r.sigma, floor, None)
+                ax.fill_between(r.k[ok], lo[ok], np.clip(r.power_true + r.sigma, floor, None)[ok], color="0.8",
+                                label="true ±1σ")
+                ax.plot(r.k[ok], _positive(r.power_true)[ok], color="k", lw=1.2, label=f"true (N={r.n_true:,})")
+            ax.plot(r.k[ok], _positive(r.power_pred)[ok], color="C3", lw=1.2, ls="--",
                     label=f"predicted (N={r.n_pred:,})")
+            ax.set_ylim(bottom=floor)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.tick_params(labelbottom=False, labelsize=8)
