@@ -83,6 +83,25 @@ def test_knn_graph_finds_the_same_neighbours(data, p):
     assert _run(sess, np.zeros((0, 5))).shape == (0,)
 
 
+@pytest.mark.parametrize("p", [1, 2])
+def test_knn_float32_prefilter_is_exact_or_falls_back(data, p):
+    """Features far from zero make float32 distances coarse: the short list's error bound then
+    sends queries to the brute-force fallback instead of answering them wrongly."""
+    from onnx import TensorProto, helper
+    from sklearn.neighbors import KNeighborsRegressor
+
+    xt, yt, xe, _ = data
+    for shift, fallback in ((0.0, False), (1e5 if p == 1 else 1e3, True)):
+        xs, qs = xt + shift, xe + shift
+        nodes, inits = knn_onnx.knn_nodes(xs, yt, 29, p, ox.INPUT_NAME, ox.OUTPUT_NAME, "k_", prefilter=True)
+        model = ox.make_model(nodes, inits, "test")
+        model.graph.output.append(helper.make_tensor_value_info("k_ok_all", TensorProto.DOUBLE, [None, 1]))
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        got, ok = (a.ravel() for a in sess.run(None, {ox.INPUT_NAME: qs}))
+        assert np.abs(got - KNeighborsRegressor(n_neighbors=29, p=p).fit(xs, yt).predict(qs)).max() < 1e-9
+        assert (ok.mean() < 0.5) if fallback else (ok.mean() > 0.95)
+
+
 def test_knn_partition_covers_every_row_once(data):
     xt, _, _, _ = data
     part = knn_onnx.build_partition(xt, cell_size=32, block_size=8)
