@@ -21,7 +21,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir ".[train]"
 COPY docker/entrypoint.sh /usr/local/bin/galaxypaint-entrypoint
 RUN useradd --create-home --uid 10001 galaxypaint && mkdir -p /srv/galaxypaint/models /srv/galaxypaint/data \
     && chown -R galaxypaint /srv/galaxypaint
-USER galaxypaint
+USER 10001
 ENV PATH=/opt/venv/bin:$PATH
 ENTRYPOINT ["galaxypaint-entrypoint"]
 CMD ["train"]
@@ -35,7 +35,7 @@ COPY docker/entrypoint.sh /usr/local/bin/galaxypaint-entrypoint
 RUN useradd --create-home --uid 10001 galaxypaint && mkdir -p /srv/galaxypaint/models /srv/galaxypaint/data \
     && chown -R galaxypaint /srv/galaxypaint
 # an optional registry (SQLite + ONNX) baked in for offline collaborators; the build context must hold it
-COPY --chown=galaxypaint ${REGISTRY_DIR:-docker}/ /tmp/baked/
+COPY --chown=10001 ${REGISTRY_DIR:-docker}/ /tmp/baked/
 RUN if [ -f /tmp/baked/registry.sqlite ]; then cp -r /tmp/baked/. /srv/galaxypaint/models/; fi && rm -rf /tmp/baked
 ENV PATH=/opt/venv/bin:$PATH \
     GALAXYPAINT_REGISTRY=/srv/galaxypaint/models \
@@ -43,7 +43,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     GALAXYPAINT_HOST=0.0.0.0 \
     GALAXYPAINT_PORT=8000 \
     PYTHONUNBUFFERED=1
-USER galaxypaint
+USER 10001
 VOLUME ["/srv/galaxypaint/models", "/srv/galaxypaint/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=6s --start-period=30s --retries=3 CMD ["galaxypaint-entrypoint", "healthcheck"]
