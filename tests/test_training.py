@@ -149,6 +149,19 @@ def test_smogn_path_augments_train_and_validation_only(tmp_path):
     assert {m.name for m in reg.list_models()} >= {"sSFR-raw-stack", "sSFR-smogn-stack", "sSFR-smogn-knn"}
 
 
+def test_smogn_stack_is_fit_on_real_or_augmented_validation_rows(tmp_path):
+    df = make_demo_catalog(n=3000, seed=4)
+    stacks = {}
+    for rows in ("real", "augmented"):
+        cfg = TrainConfig(targets=("sSFR",), paths=("smogn",), models=("knn", "lgbm"), seed=3, smogn_stack_rows=rows)
+        stacks[rows] = run_training(df, Registry(tmp_path / rows), cfg)["results"]["sSFR"]["smogn"]["stack"]
+    assert stacks["real"]["fit_on"].startswith("validation rows")
+    assert stacks["augmented"]["fit_on"] == "augmented validation rows"
+    assert stacks["real"]["coef"] != stacks["augmented"]["coef"]
+    with pytest.raises(TrainingError, match="smogn_stack_rows"):
+        run_training(df, Registry(tmp_path / "bad"), TrainConfig(smogn_stack_rows="synthetic"))
+
+
 def test_report_cli_writes_figures_tables_and_html(trained):
     root, _, res = trained
     run_id = res.stdout.split("(run ")[-1].split(")")[0]
