@@ -437,17 +437,7 @@ def _prefiltered_search(x, k, p, d, cand, offsets, part, P, inits) -> tuple[list
           H("Min", [f"{P}kw", f"{P}ncand"], [f"{P}kw_c"]),
           H("TopK", [f"{P}d32", f"{P}kw_c"], [f"{P}v32", f"{P}i32"], largest=0, sorted=0),
           H("Gather", [f"{P}crows", f"{P}i32"], [f"{P}wrows"]),                # [m, kw] training rows
-          H("Gather", [f"{P}X", f"{P}wrows"], [f"{P}wx"]),                    # [m, kw, d]
-          H("Sub", [f"{P}wx", f"{P}q3_i"], [f"{P}wdiff"]),
-          H("Mul", [f"{P}wdiff", f"{P}wdiff"], [f"{P}wterm"]) if p == 2 else H("Abs", [f"{P}wdiff"], [f"{P}wterm"]),
-          H("ReduceSum", [f"{P}wterm", f"{P}ax2"], [f"{P}wdist"], keepdims=0),   # exact (squared for p=2)
-          H("TopK", [f"{P}wdist", f"{P}k"], [f"{P}vals", f"{P}j"], largest=0, sorted=0),
-          H("GatherElements", [f"{P}wrows", f"{P}j"], [f"{P}nrows"], axis=1),
-          H("Gather", [f"{P}Y", f"{P}nrows"], [f"{P}ny"]),
-          H("ReduceMean", [f"{P}ny", f"{P}ax1"], [f"{P}pred"], keepdims=1),
-          H("ReduceMax", [f"{P}vals", f"{P}ax1"], [f"{P}kth"], keepdims=1),
-          H("ReduceMax", [f"{P}v32", f"{P}ax1"], [f"{P}wide32"], keepdims=1),
-          H("Cast", [f"{P}wide32"], [f"{P}wide"], to=TensorProto.DOUBLE),
+          *_rerank_nodes(f"{P}q3_i", p, P),
           H("Gather", [f"{P}sub_reach", f"{P}i"], [f"{P}creach"]),
           H("Add", [f"{P}qn_i", f"{P}creach"], [f"{P}span"])]
     if p == 2:  # error of |x|^2 - 2 q.x in float32 <= eps (|q| + |x|)^2; the short list's edge + |q|^2
@@ -461,6 +451,25 @@ def _prefiltered_search(x, k, p, d, cand, offsets, part, P, inits) -> tuple[list
           H("Squeeze", [f"{P}all_in1"], [f"{P}all_in"]),
           H("Or", [f"{P}separated", f"{P}all_in"], [f"{P}ranked"])]
     return prep, b
+
+
+def _rerank_nodes(q3: str, p: int, P: str) -> list:
+    """The exact (double) re-rank of a float32 short list: from ``{P}wrows`` [m, kw] (training rows),
+    ``{P}v32`` (their float32 distances) and the queries ``q3`` [m, 1, d], the nodes give ``{P}pred``
+    (mean target of the k nearest), ``{P}kth`` (the k-th exact distance, squared for p = 2) and
+    ``{P}wide`` (the short list's largest float32 distance, as double)."""
+    H = helper.make_node
+    return [H("Gather", [f"{P}X", f"{P}wrows"], [f"{P}wx"]),                    # [m, kw, d]
+            H("Sub", [f"{P}wx", q3], [f"{P}wdiff"]),
+            H("Mul", [f"{P}wdiff", f"{P}wdiff"], [f"{P}wterm"]) if p == 2 else H("Abs", [f"{P}wdiff"], [f"{P}wterm"]),
+            H("ReduceSum", [f"{P}wterm", f"{P}ax2"], [f"{P}wdist"], keepdims=0),
+            H("TopK", [f"{P}wdist", f"{P}k"], [f"{P}vals", f"{P}j"], largest=0, sorted=0),
+            H("GatherElements", [f"{P}wrows", f"{P}j"], [f"{P}nrows"], axis=1),
+            H("Gather", [f"{P}Y", f"{P}nrows"], [f"{P}ny"]),
+            H("ReduceMean", [f"{P}ny", f"{P}ax1"], [f"{P}pred"], keepdims=1),
+            H("ReduceMax", [f"{P}vals", f"{P}ax1"], [f"{P}kth"], keepdims=1),
+            H("ReduceMax", [f"{P}v32", f"{P}ax1"], [f"{P}wide32"], keepdims=1),
+            H("Cast", [f"{P}wide32"], [f"{P}wide"], to=TensorProto.DOUBLE)]
 
 
 def _run_ids(length: str, starts: str, out: str, P: str, inits: list) -> list:
@@ -528,17 +537,8 @@ def _float32_brute_nodes(x: np.ndarray, y: np.ndarray, k: int, q: str, res: str,
     nodes = [H("Cast", [q], [f"{P}q32"], to=TensorProto.FLOAT)]
     nodes += _distance_nodes([f"{P}x{j}" for j in range(d)], f"{P}q32", d, 1, f"{P}d32", P)
     nodes += [H("TopK", [f"{P}d32", f"{P}kw"], [f"{P}v32", f"{P}wrows"], largest=0, sorted=0),
-              H("Gather", [f"{P}X", f"{P}wrows"], [f"{P}wx"]),                       # [r, kw, d]
               H("Unsqueeze", [q, f"{P}ax1"], [f"{P}q3"]),
-              H("Sub", [f"{P}wx", f"{P}q3"], [f"{P}wdiff"]), H("Abs", [f"{P}wdiff"], [f"{P}wterm"]),
-              H("ReduceSum", [f"{P}wterm", f"{P}ax2"], [f"{P}wdist"], keepdims=0),
-              H("TopK", [f"{P}wdist", f"{P}k"], [f"{P}vals", f"{P}j"], largest=0, sorted=0),
-              H("GatherElements", [f"{P}wrows", f"{P}j"], [f"{P}nrows"], axis=1),
-              H("Gather", [f"{P}Y", f"{P}nrows"], [f"{P}ny"]),
-              H("ReduceMean", [f"{P}ny", f"{P}ax1"], [f"{P}pred"], keepdims=1),
-              H("ReduceMax", [f"{P}vals", f"{P}ax1"], [f"{P}kth"], keepdims=1),
-              H("ReduceMax", [f"{P}v32", f"{P}ax1"], [f"{P}wide32"], keepdims=1),
-              H("Cast", [f"{P}wide32"], [f"{P}wide"], to=TensorProto.DOUBLE),
+              *_rerank_nodes(f"{P}q3", 1, P),
               H("Abs", [q], [f"{P}qabs"]), H("ReduceSum", [f"{P}qabs", f"{P}ax1"], [f"{P}qn"], keepdims=1),
               H("Add", [f"{P}qn", f"{P}reach"], [f"{P}span"]), H("Mul", [f"{P}span", f"{P}eps"], [f"{P}err"]),
               H("Sub", [f"{P}wide", f"{P}err"], [f"{P}beyond"]),
