@@ -220,7 +220,7 @@ def _distance_nodes(columns: list[str], q: str, d: int, p: int, out: str, P: str
 
 def knn_nodes(train_x: np.ndarray, train_y: np.ndarray, k: int, p: int, inp: str, out: str, prefix: str, *,
               cell_size: int | None = None, block_size: int | None = None, radius_factor: float | None = None,
-              prefilter: bool | None = None, group_rows: int = 128, fallback_rows: int = 256) -> tuple[list, list]:
+              prefilter: bool | None = None, group_rows: int = 128, fallback_rows: int = 64) -> tuple[list, list]:
     """Nodes computing ``out`` [N, 1] = mean target of the k nearest training rows of each row of ``inp``.
 
     ``inp`` holds the *scaled* features, ``train_x`` the scaled training rows.  ``prefilter``
@@ -498,7 +498,7 @@ def _pad_rows(inp: str, rows: str, out: str, P: str, inits: list) -> list:
 
 
 def exact_fallback_nodes(x: np.ndarray, y: np.ndarray, k: int, p: int, inp: str, out: str, P: str,
-                         rows: int = 256) -> tuple[list, list]:
+                         rows: int = 64) -> tuple[list, list]:
     """Exact kNN means for the (few) rows of ``inp`` [m, d] the cell search could not settle, by
     comparing them with every training row, ``rows`` query rows at a time.
 
