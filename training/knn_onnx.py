@@ -352,17 +352,28 @@ def knn_nodes(train_x: np.ndarray, train_y: np.ndarray, k: int, p: int, inp: str
               H("Gather", [f"{P}flat", f"{P}flat_idx"], [f"{P}sorted_pred_ok"], axis=0),
               # back to input order: row order[j] gets sorted row j
               H("Unsqueeze", [f"{P}order", f"{P}ax1"], [f"{P}order2"]),
-              H("ScatterND", [f"{P}sorted_pred_ok", f"{P}order2", f"{P}sorted_pred_ok"], [f"{P}pred_ok_all"]),
-              H("Split", [f"{P}pred_ok_all"], [f"{P}found", f"{P}ok_all"], axis=1, num_outputs=2),
-              H("Cast", [f"{P}ok_all"], [f"{P}ok_bool"], to=TensorProto.BOOL),
-              H("Not", [f"{P}ok_bool"], [f"{P}redo"]),
-              H("NonZero", [f"{P}redo"], [f"{P}redo_nz"]),                 # [2, F]
-              H("Transpose", [f"{P}redo_nz"], [f"{P}redo_t"]),             # [F, 2]
-              H("Gather", [f"{P}redo_t", f"{P}ax0"], [f"{P}redo_rows"], axis=1),  # [F, 1]
-              H("GatherND", [inp, f"{P}redo_rows"], [f"{P}redo_q"])]
-    bf_nodes, bf_inits = exact_fallback_nodes(x, y, k, p, f"{P}redo_q", f"{P}redo_pred", f"{P}bf_", fallback_rows)
-    nodes += bf_nodes + [H("ScatterND", [f"{P}found", f"{P}redo_rows", f"{P}redo_pred"], [out])]
-    return nodes, inits + bf_inits
+              H("ScatterND", [f"{P}sorted_pred_ok", f"{P}order2", f"{P}sorted_pred_ok"], [f"{P}pred_ok_all"])]
+    # the queries whose cell search failed its check: brute force
+    s_nodes, s_inits = _settle(f"{P}pred_ok_all", inp, out, P + "redo_",
+                               lambda q, res: exact_fallback_nodes(x, y, k, p, q, res, f"{P}bf_", fallback_rows))
+    return nodes + s_nodes, inits + s_inits
+
+
+def _settle(first: str, inp: str, out: str, P: str, redo) -> tuple[list, list]:
+    """``out`` [m, 1]: the predictions of ``first`` [m, 2] = (prediction, settled 0/1) for the rows of
+    ``inp`` [m, d], the rows not settled answered again by ``redo(q, res) -> (nodes, inits)``."""
+    H = helper.make_node
+    inits = [_c(f"{P}col0", np.array([0], np.int64))]
+    nodes = [H("Split", [first], [f"{P}first_pred", f"{P}first_ok"], axis=1, num_outputs=2),
+             H("Cast", [f"{P}first_ok"], [f"{P}okb"], to=TensorProto.BOOL),
+             H("Not", [f"{P}okb"], [f"{P}again"]),
+             H("NonZero", [f"{P}again"], [f"{P}nz"]),                      # [2, F]
+             H("Transpose", [f"{P}nz"], [f"{P}nz_t"]),                     # [F, 2]
+             H("Gather", [f"{P}nz_t", f"{P}col0"], [f"{P}rows"], axis=1),  # [F, 1]
+             H("GatherND", [inp, f"{P}rows"], [f"{P}q"])]
+    r_nodes, r_inits = redo(f"{P}q", f"{P}pred")
+    nodes += r_nodes + [H("ScatterND", [f"{P}first_pred", f"{P}rows", f"{P}pred"], [out])]
+    return nodes, inits + r_inits
 
 
 def _rows(name: str, P: str) -> object:
@@ -508,20 +519,11 @@ def exact_fallback_nodes(x: np.ndarray, y: np.ndarray, k: int, p: int, inp: str,
     """
     if p == 2:
         return _sliced(inp, out, P, rows, 1, lambda q, res, Q: brute_force_nodes(x, y, k, p, q, res, Q, gemm=True))
-    H = helper.make_node
     nodes, inits = _sliced(inp, f"{P}f32", P + "a_", rows, 2, lambda q, res, Q: _float32_brute_nodes(x, y, k, q, res, Q))
-    inits.append(_c(f"{P}col0", np.array([0], np.int64)))
-    nodes += [H("Split", [f"{P}f32"], [f"{P}f32_pred", f"{P}f32_ok"], axis=1, num_outputs=2),
-              H("Cast", [f"{P}f32_ok"], [f"{P}f32_okb"], to=TensorProto.BOOL),
-              H("Not", [f"{P}f32_okb"], [f"{P}again"]),
-              H("NonZero", [f"{P}again"], [f"{P}again_nz"]),
-              H("Transpose", [f"{P}again_nz"], [f"{P}again_t"]),
-              H("Gather", [f"{P}again_t", f"{P}col0"], [f"{P}again_rows"], axis=1),     # [F, 1]
-              H("GatherND", [inp, f"{P}again_rows"], [f"{P}again_q"])]
-    n2, i2 = _sliced(f"{P}again_q", f"{P}again_pred", P + "b_", rows, 1,
-                     lambda q, res, Q: brute_force_nodes(x, y, k, p, q, res, Q))
-    nodes += n2 + [H("ScatterND", [f"{P}f32_pred", f"{P}again_rows", f"{P}again_pred"], [out])]
-    return nodes, inits + i2
+    n2, i2 = _settle(f"{P}f32", inp, out, P + "again_",
+                     lambda q, res: _sliced(q, res, P + "b_", rows, 1,
+                                            lambda qq, rr, Q: brute_force_nodes(x, y, k, p, qq, rr, Q)))
+    return nodes + n2, inits + i2
 
 
 def _float32_brute_nodes(x: np.ndarray, y: np.ndarray, k: int, q: str, res: str, P: str) -> tuple[list, list]:
