@@ -13,7 +13,8 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from app.registry import ModelVersion, Registry, RegistryError, parse_reference
+from app.registry import (InvalidReference, ModelNotFound, ModelVersion, Registry, check_alias, parse_reference,
+                          parse_version)
 from app.schema import FEATURE_NAMES, TARGET_NAMES
 
 INPUT_NAME = "halo_features"
@@ -79,14 +80,15 @@ def is_reference(model: str | None, names: Collection[str] = ()) -> bool:
 
 def model_choice(model: str | None, default: str, names: Collection[str] = ()) -> tuple[str, str | None, int | None]:
     """(name, alias, version) to look up for a ``model`` choice: None (the default stack at
-    ``production``, else its latest version), a version number, an alias, or a full reference."""
+    ``production``, else its latest version), a version number, an alias, or a full reference.
+    Raises ``InvalidReference`` if ``model`` is none of these."""
     if model is None:
         return default, None, None
-    if model.isdigit():
-        return default, None, int(model)
+    if model.isascii() and model.isdigit():  # str.isdigit alone takes '²', which int() refuses
+        return default, None, parse_version(model)
     if is_reference(model, names):
         return parse_reference(model)
-    return default, model, None
+    return default, check_alias(model), None
 
 
 class StackPredictor:
@@ -105,12 +107,12 @@ class StackPredictor:
         self.targets = tuple(targets) if targets else tuple(
             t for t in TARGET_NAMES if f"{t}-{path}-stack" in self._names)
         if not self.targets:
-            raise RegistryError(f"no {path}-path stack models in {registry.root}: train first "
+            raise ModelNotFound(f"no {path}-path stack models in {registry.root}: train first "
                                 "(galaxypaint train --data FILE)")
         self.models: dict[str, LoadedModel] = {}
         for target in self.targets:
             if target not in TARGET_NAMES:
-                raise RegistryError(f"unknown target {target!r}: choose from {', '.join(TARGET_NAMES)}")
+                raise InvalidReference(f"unknown target {target!r}: choose from {', '.join(TARGET_NAMES)}")
             mv = self._resolve(target, model)
             self.models[target] = LoadedModel.load(registry, mv, threads)
 
@@ -118,7 +120,7 @@ class StackPredictor:
         name, alias, version = model_choice(model, f"{target}-{self.path}-stack", self._names)
         mv = self.registry.get(name, version=version, alias=alias)
         if mv.target != target:
-            raise RegistryError(f"model {mv.uri} predicts {mv.target}, not {target}")
+            raise InvalidReference(f"model {mv.uri} predicts {mv.target}, not {target}")
         return mv
 
     def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -4,20 +4,38 @@ Layout of a registry directory (default ``models/``, or ``GALAXYPAINT_REGISTRY``
 
     registry.sqlite                      model versions, aliases, training runs (WAL mode)
     artefacts/<name>/v<version>.onnx     the graphs, never modified once written
+    artefacts/<name>/.lock               held (flock) by a publisher while it allocates a version
 
-Publishing writes the artefact to a temporary file, fsyncs and renames it, then inserts its row in
-one transaction; loading re-hashes the file and refuses it if the sha256 differs from the record.
+Publishing writes the artefact to a temporary file and fsyncs it, then, holding the model's lock,
+takes the next version number, renames the file to ``v<version>.onnx`` and inserts its row in one
+transaction.  The kernel drops the lock of a publisher that dies, so a ``v<version>.onnx`` without a
+row seen under the lock is the leftover of a crashed publish: it is renamed
+``v<version>.onnx.orphan-<utc time>`` (kept, never overwritten) and the number reused.
+
+Loading re-hashes the file and refuses it if the sha256 differs from the record.  An alias is only
+moved to a version whose artefact is present, intact and accepted by onnxruntime (``verify``);
+aliases are upserted, so clients creating the same alias at once all succeed (the last one wins).
+
 Model references: ``name`` (alias ``production`` if set, else the latest version), ``name@alias``,
-``name/3`` (version 3), optionally prefixed with ``models:/``.
+``name/3`` (version 3, ASCII digits, 1 to 2**31-1), optionally prefixed with ``models:/``.
+
+Errors are ``RegistryError`` subclasses, so callers choose a status by type, never by message:
+``ModelNotFound`` (no such model, version, alias or run), ``InvalidReference`` (malformed name, alias
+or version), ``ArtefactUnavailable`` (artefact missing, modified or not loadable) and
+``RegistryConflict`` (no version could be allocated).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +43,7 @@ from typing import Any
 
 from sqlalchemy import (JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint, create_engine, event, func,
                         select)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -32,10 +51,31 @@ DB_NAME = "registry.sqlite"
 DEFAULT_ALIAS = "production"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+# Versions are small counters: bounding them keeps absurd numbers from reaching SQLite, which raises
+# OverflowError beyond 64 bits (a 500 where the client deserves "no such version" or "invalid").
+MAX_VERSION = 2**31 - 1
+
+log = logging.getLogger(__name__)
 
 
 class RegistryError(Exception):
     """A registry operation failed; the message is meant for the user."""
+
+
+class ModelNotFound(RegistryError):
+    """No such model name, version, alias (or training run, or registry)."""
+
+
+class InvalidReference(RegistryError):
+    """A malformed model name, alias, version number or reference."""
+
+
+class ArtefactUnavailable(RegistryError):
+    """A version's artefact is missing, modified since it was registered, or not loadable."""
+
+
+class RegistryConflict(RegistryError):
+    """A write lost to a concurrent writer (e.g. no version number could be allocated)."""
 
 
 class Base(DeclarativeBase):
@@ -135,21 +175,45 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _q(text: str) -> str:
+    """``repr`` of user input, shortened: error messages stay one readable line."""
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def parse_version(text: str) -> int:
+    """A version number written in ASCII digits (``str.isdigit`` also takes '²', which ``int`` refuses)."""
+    if not (text.isascii() and text.isdigit()):
+        raise InvalidReference(f"version {_q(text)} must be a number")
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_VERSION)) or not 1 <= int(digits) <= MAX_VERSION:  # int() of 5,000 digits fails
+        raise InvalidReference(f"version {_q(text)} is out of range (1 to {MAX_VERSION})")
+    return int(digits)
+
+
+def check_alias(alias: str) -> str:
+    """``alias`` if it is a valid alias name, else ``InvalidReference``."""
+    if not _ALIAS_RE.fullmatch(alias):
+        raise InvalidReference(f"invalid alias {_q(alias)}: letters, digits, '-' and '_', starting with a letter")
+    return alias
+
+
 def parse_reference(ref: str) -> tuple[str, str | None, int | None]:
-    """``[models:/]name[@alias|/version]`` -> (name, alias, version)."""
+    """``[models:/]name[@alias|/version]`` -> (name, alias, version); ``InvalidReference`` if malformed."""
     s = ref.strip()
     if s.startswith("models:/"):
         s = s[len("models:/"):]
     alias = version = None
-    if "@" in s:
-        s, alias = s.split("@", 1)
-    elif "/" in s:
-        s, v = s.rsplit("/", 1)
-        if not v.isdigit():
-            raise RegistryError(f"model reference {ref!r}: the version after '/' must be a number")
-        version = int(v)
-    if not _NAME_RE.match(s):
-        raise RegistryError(f"model reference {ref!r}: invalid model name {s!r}")
+    try:
+        if "@" in s:
+            s, alias = s.split("@", 1)
+            check_alias(alias)
+        elif "/" in s:
+            s, v = s.rsplit("/", 1)
+            version = parse_version(v)
+        if not _NAME_RE.fullmatch(s):
+            raise InvalidReference(f"invalid model name {_q(s)}")
+    except InvalidReference as exc:
+        raise InvalidReference(f"model reference {_q(ref)}: {exc}") from None
     return s, alias, version
 
 
@@ -160,7 +224,7 @@ class Registry:
         self.root = Path(root)
         db = self.root / DB_NAME
         if not create and not db.exists():
-            raise RegistryError(f"no model registry at {self.root} (train a model first, or say --registry DIR)")
+            raise ModelNotFound(f"no model registry at {self.root} (train a model first, or say --registry DIR)")
         self.root.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(f"sqlite:///{db}", future=True)
 
@@ -203,7 +267,7 @@ class Registry:
         with Session(self.engine) as s:
             row = s.get(RunRow, run_id)
             if row is None:
-                raise RegistryError(f"no training run {run_id!r} in {self.root}")
+                raise ModelNotFound(f"no training run {run_id!r} in {self.root}")
             return {"run_id": row.run_id, "created_at": row.created_at.isoformat(), "seed": row.seed,
                     "data_fingerprint": row.data_fingerprint, "config": row.config, "metrics": row.metrics,
                     "package_versions": row.package_versions}
@@ -220,69 +284,90 @@ class Registry:
                 run_id: str | None = None, extra: dict | None = None,
                 aliases: tuple[str, ...] = ()) -> ModelVersion:
         """Store ``model_bytes`` as the next version of ``name`` (atomically) and return it."""
-        if not _NAME_RE.match(name):
-            raise RegistryError(f"invalid model name {name!r}")
+        if not _NAME_RE.fullmatch(name):
+            raise InvalidReference(f"invalid model name {_q(name)}")
+        for alias in aliases:
+            check_alias(alias)
+        if run_id is not None:
+            with Session(self.engine) as s:
+                if s.get(RunRow, run_id) is None:  # else the insert fails on the foreign key, obscurely
+                    raise ModelNotFound(f"no training run {run_id!r} in {self.root}: record the run first")
         digest = hashlib.sha256(model_bytes).hexdigest()
         art_dir = self.root / "artefacts" / name
         art_dir.mkdir(parents=True, exist_ok=True)
-        for _attempt in range(5):
-            with Session(self.engine) as s:
-                latest = s.scalar(select(func.max(ModelVersionRow.version)).where(ModelVersionRow.name == name))
-            version = (latest or 0) + 1
-            rel = Path("artefacts") / name / f"v{version}.onnx"
-            final = self.root / rel
-            if final.exists():  # left by a publish that failed after the rename: never overwrite
-                continue
-            fd, tmp = tempfile.mkstemp(prefix=f".v{version}.", suffix=".tmp", dir=art_dir)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(model_bytes)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+        # The (possibly large) write and fsync happen before taking the lock, which guards only the
+        # version number: the rename and the row insert.
+        fd, tmp = tempfile.mkstemp(prefix=".publish-", suffix=".tmp", dir=art_dir)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(model_bytes)
+                fh.flush()
+                os.fsync(fh.fileno())
+            with self._version_lock(art_dir):
+                with Session(self.engine) as s:
+                    latest = s.scalar(select(func.max(ModelVersionRow.version)).where(ModelVersionRow.name == name))
+                version = (latest or 0) + 1
+                rel = Path("artefacts") / name / f"v{version}.onnx"
+                final = self.root / rel
+                if os.path.lexists(final):
+                    self._set_orphan_aside(final)
+                os.replace(tmp, final)
                 try:
-                    os.link(tmp, final)  # atomic, and fails if another writer took this version's file
-                except FileExistsError:
-                    continue
-                except OSError:  # filesystems without hard links: rename (checked for existence above)
-                    os.replace(tmp, final)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
-            try:
-                with Session(self.engine) as s, s.begin():
-                    row = ModelVersionRow(
-                        name=name, version=version, target=target, path=path, kind=kind, artefact=str(rel),
-                        sha256=digest, size_bytes=len(model_bytes), created_at=datetime.now(UTC), run_id=run_id,
-                        metrics=metrics or {}, hyperparameters=hyperparameters or {}, seed=seed,
-                        data_fingerprint=data_fingerprint, package_versions=package_versions or {},
-                        feature_schema=feature_schema or [], training_domain=training_domain or {},
-                        extra=extra or {})
-                    s.add(row)
-                    for alias in aliases:
-                        self._set_alias(s, name, alias, version)
-            except IntegrityError:
-                final.unlink(missing_ok=True)
-                continue
-            return self.get(name, version=version)
-        raise RegistryError(f"could not allocate a new version of {name} (concurrent publishers?)")
+                    with Session(self.engine) as s, s.begin():
+                        s.add(ModelVersionRow(
+                            name=name, version=version, target=target, path=path, kind=kind, artefact=str(rel),
+                            sha256=digest, size_bytes=len(model_bytes), created_at=datetime.now(UTC),
+                            run_id=run_id, metrics=metrics or {}, hyperparameters=hyperparameters or {},
+                            seed=seed, data_fingerprint=data_fingerprint, package_versions=package_versions or {},
+                            feature_schema=feature_schema or [], training_domain=training_domain or {},
+                            extra=extra or {}))
+                        for alias in aliases:
+                            self._set_alias(s, name, alias, version)
+                except IntegrityError:  # a writer that bypassed the lock took the number
+                    final.unlink(missing_ok=True)
+                    raise RegistryConflict(f"could not allocate version {version} of {name}: "
+                                           "another publisher registered it concurrently") from None
+                except BaseException:
+                    final.unlink(missing_ok=True)  # no row, so no file: a later publish reuses the number
+                    raise
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return self.get(name, version=version)
+
+    @staticmethod
+    @contextmanager
+    def _version_lock(art_dir: Path) -> Iterator[None]:
+        """Exclusive per-model lock; flock rather than a database row because the kernel releases it
+        when its holder dies, so holding it proves no live publisher is between rename and insert."""
+        with open(art_dir / ".lock", "ab") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            yield  # closing the file releases the lock
+
+    @staticmethod
+    def _set_orphan_aside(final: Path) -> None:
+        """Keep the leftover of a crashed publish under another name, so its version number is free."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        aside = final.with_name(f"{final.name}.orphan-{stamp}")
+        os.replace(final, aside)
+        log.warning("%s had no registry row (left by a publish that crashed): moved to %s", final, aside.name)
 
     # ------------------------------------------------------------------ aliases
     @staticmethod
     def _set_alias(session: Session, name: str, alias: str, version: int) -> None:
-        if not _ALIAS_RE.match(alias):
-            raise RegistryError(f"invalid alias {alias!r}: letters, digits, '-' and '_', starting with a letter")
-        row = session.scalar(select(AliasRow).where(AliasRow.name == name, AliasRow.alias == alias))
-        if row is None:
-            session.add(AliasRow(name=name, alias=alias, version=version, updated_at=datetime.now(UTC)))
-        else:
-            row.version, row.updated_at = version, datetime.now(UTC)
+        # One upsert statement: a select-then-insert lets two clients creating the same alias both
+        # see it absent, and the second insert then violates UNIQUE(name, alias).
+        now = datetime.now(UTC)
+        stmt = sqlite_insert(AliasRow).values(name=name, alias=check_alias(alias), version=version, updated_at=now)
+        session.execute(stmt.on_conflict_do_update(index_elements=["name", "alias"],
+                                                   set_={"version": version, "updated_at": now}))
 
     def set_alias(self, name: str, alias: str, version: int) -> ModelVersion:
-        """Point ``name@alias`` at ``version`` (which must exist)."""
+        """Point ``name@alias`` at ``version``, which must exist and ``verify`` (else the alias is unchanged)."""
+        check_alias(alias)
+        if not 1 <= version <= MAX_VERSION:
+            raise InvalidReference(f"model {name}: version {version} is out of range (1 to {MAX_VERSION})")
+        self.verify(self.get(name, version=version))
         with Session(self.engine) as s, s.begin():
-            exists = s.scalar(select(ModelVersionRow.id).where(ModelVersionRow.name == name,
-                                                               ModelVersionRow.version == version))
-            if exists is None:
-                raise RegistryError(f"model {name} has no version {version}")
             self._set_alias(s, name, alias, version)
         return self.get(name, version=version)
 
@@ -294,22 +379,24 @@ class Registry:
     # ------------------------------------------------------------------ queries
     def get(self, name: str, version: int | None = None, alias: str | None = None) -> ModelVersion:
         """One model version: by number, by alias, or (neither) ``production`` if set, else the latest."""
+        if version is not None and not 1 <= version <= MAX_VERSION:
+            raise ModelNotFound(f"model {name} has no version {version}")
         with Session(self.engine) as s:
             if alias is not None:
                 a = s.scalar(select(AliasRow).where(AliasRow.name == name, AliasRow.alias == alias))
                 if a is None:
-                    raise RegistryError(f"model {name} has no alias {alias!r}")
+                    raise ModelNotFound(f"model {name} has no alias {_q(alias)}")
                 version = a.version
             elif version is None:
                 a = s.scalar(select(AliasRow).where(AliasRow.name == name, AliasRow.alias == DEFAULT_ALIAS))
                 version = a.version if a is not None else s.scalar(
                     select(func.max(ModelVersionRow.version)).where(ModelVersionRow.name == name))
                 if version is None:
-                    raise RegistryError(f"no model named {name!r} in {self.root}")
+                    raise ModelNotFound(f"no model named {_q(name)} in {self.root}")
             row = s.scalar(select(ModelVersionRow).where(ModelVersionRow.name == name,
                                                          ModelVersionRow.version == version))
             if row is None:
-                raise RegistryError(f"model {name} has no version {version}")
+                raise ModelNotFound(f"model {name} has no version {version}")
             return self._to_version(row, self._aliases_of(s, name).get(row.version, ()))
 
     def resolve(self, ref: str) -> ModelVersion:
@@ -337,7 +424,7 @@ class Registry:
         name = model_name(target, path, kind)
         try:
             return self.get(name, alias=alias) if alias else self.get(name)
-        except RegistryError:
+        except ModelNotFound:
             if alias == DEFAULT_ALIAS:
                 return self.get(name)
             raise
@@ -348,12 +435,27 @@ class Registry:
         try:
             data = mv.artefact.read_bytes()
         except FileNotFoundError:
-            raise RegistryError(f"artefact of {mv.uri} is missing: {mv.artefact}") from None
+            raise ArtefactUnavailable(f"artefact of {mv.uri} is missing: {mv.artefact}") from None
+        except OSError as exc:
+            raise ArtefactUnavailable(f"artefact of {mv.uri} cannot be read: {exc.strerror} ({mv.artefact})") from None
         digest = hashlib.sha256(data).hexdigest()
         if digest != mv.sha256:
-            raise RegistryError(f"artefact of {mv.uri} has been modified: sha256 {digest[:12]}... "
-                                f"does not match the registered {mv.sha256[:12]}...; refusing to load it")
+            raise ArtefactUnavailable(f"artefact of {mv.uri} has been modified: sha256 {digest[:12]}... "
+                                      f"does not match the registered {mv.sha256[:12]}...; refusing to load it")
         return data
+
+    def verify(self, mv: ModelVersion) -> None:
+        """Raise ``ArtefactUnavailable`` unless ``mv``'s artefact is intact and onnxruntime loads it."""
+        data = self.load_bytes(mv)
+        import onnxruntime as ort  # here: listing or resolving models should not pay for importing it
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        try:
+            ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises several unrelated types for unusable graphs
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ArtefactUnavailable(f"artefact of {mv.uri} cannot be loaded by onnxruntime: {reason}") from None
 
 
 def model_name(target: str, path: str, kind: str) -> str:

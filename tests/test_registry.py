@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
-from app.registry import Registry, RegistryError, parse_reference
+from app.inference import model_choice
+from app.registry import (ArtefactUnavailable, InvalidReference, ModelNotFound, Registry, RegistryError,
+                          parse_reference)
 
 
-def _publish(reg, name="smass-raw-stack", data=b"onnx-bytes", **kw):
+def _onnx(tag: str = "a") -> bytes:
+    """A tiny valid ONNX graph (the registry does not care what it computes); ``tag`` varies the bytes."""
+    io = [helper.make_tensor_value_info(n, TensorProto.DOUBLE, [None, 5]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", io[:1], io[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8, doc_string=tag)
+    return model.SerializeToString()
+
+
+def _publish(reg, name="smass-raw-stack", data=None, **kw):
+    data = _onnx() if data is None else data
     return reg.publish(name, data, target="smass", path="raw", kind="stack", metrics={"pearson_r": 0.97},
                        seed=42, data_fingerprint="f" * 64, training_domain={"M_h": {"min": 10.5, "max": 15}}, **kw)
 
@@ -78,3 +93,129 @@ def test_runs_are_recorded(tmp_path):
     assert reg.list_runs() == ["run-1"]
     with pytest.raises(RegistryError, match="no training run"):
         reg.get_run("run-2")
+
+
+def test_concurrent_creation_of_a_new_alias_succeeds_for_every_client(tmp_path):
+    _publish(Registry(tmp_path), data=_onnx("one"))
+    _publish(Registry(tmp_path), data=_onnx("two"))
+    n = 40
+    for alias in ("canary", "shadow", "beta"):  # several rounds: one race may, by chance, not collide
+        barrier = threading.Barrier(n)
+
+        def move(i, alias=alias, barrier=barrier):
+            reg = Registry(tmp_path)  # each client its own engine and connections, as separate processes
+            barrier.wait()
+            reg.set_alias("smass-raw-stack", alias, 1 + i % 2)
+
+        with ThreadPoolExecutor(n) as pool:
+            futures = [pool.submit(move, i) for i in range(n)]
+        assert [f.exception() for f in futures] == [None] * n
+        assert Registry(tmp_path).alias_versions()[("smass-raw-stack", alias)] in (1, 2)
+
+
+def test_alias_is_not_moved_to_a_missing_truncated_or_unloadable_artefact(tmp_path):
+    reg = Registry(tmp_path)
+    _publish(reg, aliases=("production",))
+    v2 = _publish(reg, data=_onnx("two"))
+    _publish(reg, data=b"not an onnx graph")  # registered intact, but onnxruntime cannot load it
+    with pytest.raises(ArtefactUnavailable, match="smass-raw-stack/3 cannot be loaded by onnxruntime"):
+        reg.set_alias("smass-raw-stack", "production", 3)
+    v2.artefact.write_bytes(v2.artefact.read_bytes()[:-8])
+    with pytest.raises(ArtefactUnavailable, match="smass-raw-stack/2 has been modified"):
+        reg.set_alias("smass-raw-stack", "production", 2)
+    v2.artefact.unlink()
+    with pytest.raises(ArtefactUnavailable, match="smass-raw-stack/2 is missing"):
+        reg.set_alias("smass-raw-stack", "staging", 2)
+    assert reg.alias_versions() == {("smass-raw-stack", "production"): 1}
+    with pytest.raises(InvalidReference, match="out of range"):
+        reg.set_alias("smass-raw-stack", "production", 2**31)
+
+
+def test_same_size_corruption_is_caught_by_sha256(tmp_path):
+    reg = Registry(tmp_path)
+    mv = _publish(reg, data=_onnx("tag-1"), aliases=("production",))
+    _publish(reg, data=_onnx("tag-2"))
+    corrupt = mv.artefact.read_bytes().replace(b"tag-1", b"tag-3")
+    ort.InferenceSession(corrupt, providers=["CPUExecutionProvider"])  # still loads: only the hash can tell
+    mv.artefact.write_bytes(corrupt)
+    assert mv.artefact.stat().st_size == mv.size_bytes
+    with pytest.raises(ArtefactUnavailable, match="has been modified"):
+        reg.verify(mv)
+    reg.set_alias("smass-raw-stack", "production", 2)
+    with pytest.raises(ArtefactUnavailable, match="smass-raw-stack/1 has been modified"):
+        reg.set_alias("smass-raw-stack", "production", 1)
+    assert reg.get("smass-raw-stack").version == 2
+
+
+@pytest.mark.parametrize("ref", ["x/²", "x/99999999999999999999999", "x/2147483648", "x/0", "x/" + "9" * 5000,
+                                 "x/", "x/-1", "x@", "x@1bad", "x@bad alias", "bad name/1", "@prod", "models:/"])
+def test_malformed_references_are_invalid(ref):
+    with pytest.raises(InvalidReference, match="model reference"):
+        parse_reference(ref)
+
+
+def test_reference_grammar_accepts_ascii_versions_in_range():
+    assert parse_reference("x/2147483647") == ("x", None, 2**31 - 1)
+    assert parse_reference("models:/x/007") == ("x", None, 7)
+    assert parse_reference(" x@staging ") == ("x", "staging", None)
+    assert model_choice("3", "d") == ("d", None, 3)
+    assert model_choice("staging", "d") == ("d", "staging", None)
+    assert model_choice("x/2", "d", {"x"}) == ("x", None, 2)
+    for bad in ("²", "99999999999999999999999", "0", "bad alias"):
+        with pytest.raises(InvalidReference):
+            model_choice(bad, "d")
+
+
+def test_unknown_names_versions_and_aliases_are_model_not_found(tmp_path):
+    reg = Registry(tmp_path)
+    _publish(reg)
+    for kwargs in ({"name": "nope"}, {"name": "nope", "version": 1}, {"version": 2}, {"version": 0},
+                   {"version": 2**31}, {"version": 10**30}, {"alias": "staging"}):
+        with pytest.raises(ModelNotFound):
+            reg.get(**{"name": "smass-raw-stack", **kwargs})
+    with pytest.raises(ModelNotFound, match="no version 9"):
+        reg.resolve("smass-raw-stack/9")
+    with pytest.raises(ModelNotFound, match="no version 9"):
+        reg.set_alias("smass-raw-stack", "production", 9)
+    with pytest.raises(ModelNotFound, match="no training run"):
+        reg.get_run("run-x")
+    with pytest.raises(ModelNotFound, match="no model registry"):
+        Registry(tmp_path / "elsewhere", create=False)
+    assert issubclass(ModelNotFound, RegistryError) and issubclass(ArtefactUnavailable, RegistryError)
+
+
+def test_leftover_artefact_of_a_crashed_publish_is_set_aside(tmp_path):
+    reg = Registry(tmp_path)
+    _publish(reg)
+    art_dir = tmp_path / "artefacts" / "smass-raw-stack"
+    (art_dir / "v2.onnx").write_bytes(b"half-published")  # the file was linked, the row never inserted
+    v2 = _publish(reg, data=_onnx("new"))
+    assert v2.version == 2 and reg.load_bytes(v2) == _onnx("new")
+    orphans = list(art_dir.glob("v2.onnx.orphan-*"))
+    assert len(orphans) == 1 and orphans[0].read_bytes() == b"half-published"
+    assert _publish(reg).version == 3
+    # refused publishes leave no file behind to become orphans
+    with pytest.raises(InvalidReference):
+        _publish(reg, aliases=("bad alias",))
+    with pytest.raises(ModelNotFound, match="no training run"):
+        _publish(reg, run_id="never-recorded")
+    assert sorted(p.name for p in art_dir.glob("v*.onnx")) == ["v1.onnx", "v2.onnx", "v3.onnx"]
+    assert not list(art_dir.glob("*.tmp"))
+
+
+def test_concurrent_publishers_get_distinct_versions(tmp_path):
+    Registry(tmp_path)
+    n = 8
+    barrier = threading.Barrier(n)
+
+    def publish(i):
+        reg = Registry(tmp_path)
+        barrier.wait()
+        return _publish(reg, data=_onnx(f"p{i}")).version
+
+    with ThreadPoolExecutor(n) as pool:
+        versions = list(pool.map(publish, range(n)))
+    assert sorted(versions) == list(range(1, n + 1))
+    reg = Registry(tmp_path)
+    stored = {reg.load_bytes(mv) for mv in reg.versions("smass-raw-stack")}  # every file matches its row
+    assert stored == {_onnx(f"p{i}") for i in range(n)}
