@@ -4,6 +4,10 @@
 1-D column datasets ``write_table`` writes) or CSV (pandas chunks); ``ChunkWriter`` appends chunks
 to a temporary file (Parquet row groups, resizable HDF5 datasets, CSV) and renames it into place
 only on ``commit()`` — an exception inside ``with ChunkWriter(...)`` leaves no output.
+
+HDF5 tables are found through ``app.catalog_inspect.find_hdf5_table``, so a client's file cannot
+make the reader return another file's bytes; ``max_bytes`` bounds the decompressed size (checked
+from metadata, or while counting a gzip'ed CSV's rows) before any chunk is read.
 """
 
 from __future__ import annotations
@@ -17,19 +21,25 @@ from typing import Iterator, Mapping
 import numpy as np
 import pandas as pd
 
+from app.catalog_inspect import (check_decoded_size, find_hdf5_table, hdf5_decoded_bytes, is_gzip,
+                                 parquet_decoded_bytes, scan_csv)
 from app.catalogs import METADATA_KEY, CatalogError, _fsync_dir, canonicalize, detect_format, parse_column_mapping
 
 
 class ChunkReader:
-    """Row chunks of a catalog with schema column names (``mapping`` as in ``--columns``)."""
+    """Row chunks of a catalog with schema column names (``mapping`` as in ``--columns``).
+
+    ``max_bytes`` (None: no limit) refuses a catalog whose decompressed size is larger.
+    """
 
     def __init__(self, path: str | os.PathLike[str], mapping: Mapping[str, str] | str | None = None,
-                 fmt: str | None = None) -> None:
+                 fmt: str | None = None, max_bytes: int | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise CatalogError(f"no such file: {self.path}")
         self.format = detect_format(self.path, fmt)
-        self._h5 = self._group = None
+        self._h5 = self._compression = None
+        self._datasets: dict = {}
         if self.format == "parquet":
             import pyarrow.parquet as pq
 
@@ -37,15 +47,18 @@ class ChunkReader:
                 self._pq = pq.ParquetFile(self.path)
             except Exception as exc:
                 raise CatalogError(f"cannot read {self.path} as Parquet: {exc}") from None
+            check_decoded_size(self.path, parquet_decoded_bytes(self._pq, self.path), max_bytes)
             source = list(self._pq.schema_arrow.names)
             self.n_rows = self._pq.metadata.num_rows
         elif self.format == "hdf5":
-            source = self._open_hdf5()
+            source = self._open_hdf5(max_bytes)
         else:
+            # Counted (within max_bytes) before pandas sees the file: a bomb stops at the limit.
+            self.n_rows, _ = scan_csv(self.path, max_bytes)
+            # Decided by content as the count was, whatever the file is named.
+            self._compression = "gzip" if is_gzip(self.path) else None
             try:
-                source = list(pd.read_csv(self.path, nrows=0).columns)
-                with open(self.path, "rb") if not str(self.path).endswith(".gz") else _gzip(self.path) as fh:
-                    self.n_rows = max(sum(1 for _ in fh) - 1, 0)
+                source = list(pd.read_csv(self.path, nrows=0, compression=self._compression).columns)
             except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
                 raise CatalogError(f"cannot read {self.path} as CSV: {exc}") from None
         renamed = canonicalize(pd.DataFrame(columns=source), parse_column_mapping(mapping))
@@ -54,35 +67,29 @@ class ChunkReader:
         self._rename = {s: c for s, c in zip(source, self.columns) if s != c}
         self._to_source = dict(zip(self.columns, source))
 
-    def _open_hdf5(self) -> list[str]:
+    def _open_hdf5(self, max_bytes: int | None) -> list[str]:
         import h5py
 
         try:
             self._h5 = h5py.File(self.path, "r")
         except OSError as exc:
             raise CatalogError(f"cannot read {self.path} as HDF5: {exc}") from None
-        group = self._h5
-        if not any(isinstance(v, h5py.Dataset) for v in group.values()):
-            groups = [k for k, v in group.items() if isinstance(v, h5py.Group)]
-            if len(groups) != 1:
-                raise CatalogError(f"{self.path} has no column datasets at its root (groups: {', '.join(groups)})")
-            group = group[groups[0]]
-        self._group = group
-        names = [k for k, v in group.items() if isinstance(v, h5py.Dataset) and v.ndim == 1]
-        order = group.attrs.get("columns")
-        if isinstance(order, (str, bytes)):
-            wanted = json.loads(order)
-            names = [c for c in wanted if c in names] + [c for c in names if c not in wanted]
-        lengths = {group[n].shape[0] for n in names}
-        if len(lengths) != 1:
-            raise CatalogError(f"{self.path}: the column datasets have different lengths {sorted(lengths)}")
-        self.n_rows = lengths.pop()
-        return names
+        try:
+            _, self._datasets = find_hdf5_table(self._h5, self.path)
+            check_decoded_size(self.path, hdf5_decoded_bytes(self._datasets), max_bytes)
+        except Exception as exc:
+            self.close()  # the caller gets no reader to close
+            if isinstance(exc, CatalogError):
+                raise
+            raise CatalogError(f"cannot read {self.path} as HDF5: {exc}") from None
+        self.n_rows = next(iter(self._datasets.values())).shape[0]
+        return list(self._datasets)
 
     def _hdf5_slice(self, names: list[str], start: int, stop: int) -> pd.DataFrame:
         data = {}
         for n in names:
-            arr = self._group[n][start:stop]
+            # The datasets checked at open time, not names looked up (and links followed) again.
+            arr = self._datasets[n][start:stop]
             if arr.dtype.kind == "S":
                 arr = np.char.decode(arr, "utf-8")
             data[n] = arr
@@ -101,7 +108,7 @@ class ChunkReader:
                 yield a, self._hdf5_slice(self.source_columns, a, min(a + chunk_rows, self.n_rows)).rename(
                     columns=self._rename)
         else:
-            for df in pd.read_csv(self.path, chunksize=chunk_rows):
+            for df in pd.read_csv(self.path, chunksize=chunk_rows, compression=self._compression):
                 yield start, df.rename(columns=self._rename)
                 start += len(df)
 
@@ -118,7 +125,8 @@ class ChunkReader:
         elif self.format == "hdf5":
             df = self._hdf5_slice(self.source_columns, start, stop)
         else:
-            df = pd.read_csv(self.path, skiprows=range(1, start + 1), nrows=stop - start)
+            df = pd.read_csv(self.path, skiprows=range(1, start + 1), nrows=stop - start,
+                             compression=self._compression)
         return df.rename(columns=self._rename)
 
     def read_columns(self, names: list[str]) -> pd.DataFrame:
@@ -132,7 +140,7 @@ class ChunkReader:
         elif self.format == "hdf5":
             df = self._hdf5_slice(src, 0, self.n_rows)
         else:
-            df = pd.read_csv(self.path, usecols=src)[src]
+            df = pd.read_csv(self.path, usecols=src, compression=self._compression)[src]
         return df.rename(columns=dict(zip(src, names)))
 
     def close(self) -> None:
@@ -145,12 +153,6 @@ class ChunkReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _gzip(path: Path):
-    import gzip
-
-    return gzip.open(path, "rb")
 
 
 class ChunkWriter:

@@ -7,7 +7,8 @@ destination directory is fsynced and renamed, so a failure never leaves a partia
 
 HDF5 layout written and read here: one 1-D dataset per column in a group (default: the file
 root), metadata as attributes of that group.  This is readable by h5py, and by slices, so large
-tables can be streamed.
+tables can be streamed.  HDF5 tables are found and checked by ``app.catalog_inspect`` (only data
+stored inside the file itself is read); ``inspect_catalog`` there also bounds decompressed sizes.
 """
 
 from __future__ import annotations
@@ -177,37 +178,19 @@ def validate(df: pd.DataFrame, require: Iterable[str] = FEATURE_NAMES, range_pol
 def _read_hdf5(path: Path, key: str | None) -> tuple[pd.DataFrame, dict[str, object]]:
     import h5py
 
+    # Imported here: catalog_inspect imports this module.  Its checks keep an uploaded file from
+    # making us read other files (external links/storage, virtual datasets).
+    from app.catalog_inspect import find_hdf5_table
+
     with h5py.File(path, "r") as f:
-        if key:
-            if key not in f:
-                raise CatalogError(f"{path} has no group {key!r} (it has: {', '.join(f.keys())})")
-            group = f[key]
-        else:
-            group = f
-            if not any(isinstance(v, h5py.Dataset) for v in f.values()):
-                groups = [k for k, v in f.items() if isinstance(v, h5py.Group)]
-                if len(groups) == 1:
-                    group = f[groups[0]]
-                else:
-                    raise CatalogError(f"{path} has no column datasets at its root; say which group "
-                                       f"holds the table (groups: {', '.join(groups) or 'none'})")
+        group, datasets = find_hdf5_table(f, path, key)
         data: dict[str, np.ndarray] = {}
-        length: int | None = None
-        for name, ds in group.items():
-            if not isinstance(ds, h5py.Dataset) or ds.ndim != 1:
-                continue
+        for name, ds in datasets.items():
             arr = ds[()]
             if arr.dtype.kind in ("S", "O"):
                 arr = np.char.decode(arr.astype("S"), "utf-8") if arr.dtype.kind == "S" else arr.astype(str)
-            if length is not None and len(arr) != length:
-                raise CatalogError(f"{path}: dataset {name} has {len(arr)} rows, others have {length}")
-            length = len(arr)
             data[name] = arr
         meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in group.attrs.items()}
-        if not data:
-            raise CatalogError(f"{path}: no 1-D column datasets found")
-        order = json.loads(meta["columns"]) if isinstance(meta.get("columns"), str) else []
-        data = {k: data[k] for k in [*(c for c in order if c in data), *(c for c in data if c not in order)]}
     meta_json = meta.get(METADATA_KEY)
     return pd.DataFrame(data), (json.loads(meta_json) if isinstance(meta_json, str) else {})
 

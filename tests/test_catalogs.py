@@ -1,13 +1,21 @@
 from __future__ import annotations
 
+import gzip
+import json
 import os
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from app import catalog_inspect
+from app.catalog_inspect import inspect_catalog, inspect_catalog_isolated
+from app.catalog_stream import ChunkReader
 from app.catalogs import (CatalogError, canonicalize, load_catalog, parse_column_mapping, read_table,
                           validate, write_table)
 from app.schema import FEATURE_NAMES, TARGET_NAMES
@@ -145,3 +153,177 @@ def test_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.parquet"]
     assert pq.read_table(path).num_rows == 10
     assert os.access(path, os.R_OK)
+
+
+# --- Untrusted files: HDF5 must not read outside itself; decompressed sizes are bounded. -------
+
+_SECRET = b"hunter2!"  # 8 bytes: one float64 per copy
+
+
+def _upload_reaching_outside(tmp_path, kind):
+    """A catalog whose M_h column is not stored in the file (``kind`` says how it gets out)."""
+    n = 20
+    path = write_table(_halos(n), tmp_path / "upload.hdf5")
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(_SECRET * n)
+    outside = tmp_path / "other.h5"
+    with h5py.File(outside, "w") as g:
+        g["M_h"] = np.frombuffer(_SECRET * n, dtype="f8")
+    with h5py.File(path, "a") as f:
+        del f["M_h"]
+        if kind == "external_storage":
+            f.create_dataset("M_h", shape=(n,), dtype="f8", external=[(str(secret), 0, n * 8)])
+        elif kind == "external_link":
+            f["M_h"] = h5py.ExternalLink(str(outside), "/M_h")
+        elif kind == "virtual":
+            layout = h5py.VirtualLayout(shape=(n,), dtype="f8")
+            layout[:] = h5py.VirtualSource(str(outside), "M_h", shape=(n,))
+            f.create_virtual_dataset("M_h", layout)
+        else:  # a soft link: it stays in the file, but only hard links are followed
+            f["hidden/M_h"] = np.full(n, 12.0)
+            f["M_h"] = h5py.SoftLink("/hidden/M_h")
+    return path
+
+
+_OUTSIDE = {
+    "external_storage": r"dataset 'M_h' in upload.hdf5 keeps its data in the external file .*secret.bin",
+    "external_link": r"member 'M_h' in upload.hdf5 is an external link to .*other.h5",
+    "virtual": r"dataset 'M_h' in upload.hdf5 is a virtual dataset",
+    "soft_link": r"member 'M_h' in upload.hdf5 is a soft link to /hidden/M_h",
+}
+
+
+@pytest.mark.parametrize("kind", list(_OUTSIDE))
+def test_hdf5_data_outside_the_file_is_refused(tmp_path, kind):
+    path = _upload_reaching_outside(tmp_path, kind)
+    why = _OUTSIDE[kind]
+    readers = [lambda: read_table(path), lambda: ChunkReader(path),
+               lambda: inspect_catalog(path, max_bytes=1 << 20)]
+    for read in readers:
+        with pytest.raises(CatalogError, match=why) as exc:
+            read()
+        assert "hunter2" not in str(exc.value)
+
+
+def test_hdf5_plugin_filter_is_refused(tmp_path):
+    path = write_table(_halos(20), tmp_path / "upload.hdf5")
+    with h5py.File(path, "a") as f:
+        del f["C_h"]
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk((20,))
+        # Optional and not installed, so HDF5 writes the data unfiltered; a reader would still
+        # look the filter up, which for an unknown id means loading a plugin library.
+        dcpl.set_filter(307, h5py.h5z.FLAG_OPTIONAL)
+        space = h5py.h5s.create_simple((20,))
+        h5py.h5d.create(f.id, b"C_h", h5py.h5t.IEEE_F64LE, space, dcpl=dcpl).write(
+            h5py.h5s.ALL, h5py.h5s.ALL, np.ones(20))
+    for read in (lambda: read_table(path), lambda: ChunkReader(path)):
+        with pytest.raises(CatalogError, match=r"dataset 'C_h' in upload.hdf5 uses HDF5 filter 307"):
+            read()
+
+
+def test_compressed_hdf5_reads_and_its_decompressed_size_is_bounded(tmp_path):
+    df = _halos(5000)
+    path = tmp_path / "cat.hdf5"
+    with h5py.File(path, "w") as f:
+        g = f.create_group("halos")
+        for i, name in enumerate(df.columns):
+            opts = ({"compression": "lzf"} if i % 2 else
+                    {"compression": "gzip", "shuffle": True, "fletcher32": True})
+            g.create_dataset(name, data=df[name].to_numpy(), chunks=(1000,), **opts)
+    assert path.stat().st_size < 5000 * 8 * len(df.columns)
+    pd.testing.assert_frame_equal(read_table(path)[list(df.columns)], df, check_dtype=False)
+    with ChunkReader(path) as reader:
+        assert reader.n_rows == 5000
+        assert sum(len(c) for _, c in reader.chunks(1500)) == 5000
+    decoded = 5000 * 8 * len(df.columns)
+    summary = inspect_catalog(path, max_bytes=decoded)
+    assert summary == {"format": "hdf5", "rows": 5000, "columns": sorted(df.columns), "bytes": decoded}
+    too_big = f"decompressed size of cat.hdf5 \\({decoded:,} bytes\\) exceeds the limit of {decoded - 1:,} bytes"
+    with pytest.raises(CatalogError, match=too_big):
+        inspect_catalog(path, max_bytes=decoded - 1)
+    with pytest.raises(CatalogError, match=too_big):
+        ChunkReader(path, max_bytes=decoded - 1)
+    # a file written by write_table (chunked datasets in a group) passes the checks too
+    written = write_table(df, tmp_path / "written.hdf5", hdf5_key="halos")
+    assert inspect_catalog(written, max_bytes=decoded)["columns"] == list(df.columns)
+
+
+def _gzip_csv(path, rows):
+    with gzip.open(path, "wt") as fh:
+        fh.write("M_h,C_h,S_h\n" + "11.5,1.0,0.05\n" * rows)
+    return path
+
+
+def test_inspect_refuses_a_gzip_csv_that_decompresses_beyond_the_limit(tmp_path):
+    bomb = _gzip_csv(tmp_path / "bomb.csv.gz", 200_000)  # 2.8 MB of text, a few kB on disk
+    assert bomb.stat().st_size < 50_000
+    with pytest.raises(CatalogError, match=r"decompressed size of bomb.csv.gz \(at least [\d,]+ bytes\) "
+                                           r"exceeds the limit of 1,000,000 bytes"):
+        inspect_catalog(bomb, max_bytes=1_000_000)
+    with pytest.raises(CatalogError, match="exceeds the limit of 1,000,000 bytes"):
+        ChunkReader(bomb, max_bytes=1_000_000)
+    disguised = tmp_path / "plain.csv"  # gzip found by its magic bytes, not its name
+    disguised.write_bytes(bomb.read_bytes())
+    with pytest.raises(CatalogError, match="exceeds the limit"):
+        inspect_catalog(disguised, max_bytes=1_000_000)
+    small = _gzip_csv(tmp_path / "small.csv.gz", 10)
+    summary = inspect_catalog(small, max_bytes=1_000_000)
+    assert summary == {"format": "csv", "rows": 10, "columns": ["M_h", "C_h", "S_h"], "bytes": 12 + 14 * 10}
+    with ChunkReader(small, max_bytes=1_000_000) as reader:
+        assert reader.n_rows == 10 and len(reader.read_columns(["M_h"])) == 10
+
+
+def test_inspect_refuses_parquet_whose_decoded_size_exceeds_the_limit(tmp_path):
+    path = tmp_path / "cat.parquet"
+    pq.write_table(pa.table({"M_h": np.full(100_000, 11.5)}), path, compression="zstd")
+    # Dictionary/RLE encoding makes the footer's "uncompressed" size tiny; decoding gives 800 kB.
+    assert pq.ParquetFile(path).metadata.row_group(0).total_byte_size < 10_000
+    with pytest.raises(CatalogError, match=r"decompressed size of cat.parquet \(800,000 bytes\) "
+                                           r"exceeds the limit of 500,000 bytes"):
+        inspect_catalog(path, max_bytes=500_000)
+    with pytest.raises(CatalogError, match="exceeds the limit of 500,000 bytes"):
+        ChunkReader(path, max_bytes=500_000)
+    assert inspect_catalog(path, max_bytes=800_000) == {
+        "format": "parquet", "rows": 100_000, "columns": ["M_h"], "bytes": 800_000}
+
+
+def test_inspect_isolated_gives_the_same_answers_as_in_process(tmp_path):
+    good = write_table(_halos(30), tmp_path / "cat.hdf5")
+    assert inspect_catalog_isolated(good, 1 << 20) == inspect_catalog(good, 1 << 20)
+    bomb = _gzip_csv(tmp_path / "bomb.csv.gz", 200_000)
+    with pytest.raises(CatalogError) as in_process:
+        inspect_catalog(bomb, 1_000_000)
+    with pytest.raises(CatalogError) as isolated:
+        inspect_catalog_isolated(bomb, 1_000_000)
+    assert str(isolated.value) == str(in_process.value)
+
+
+def test_inspect_isolated_turns_a_crash_or_a_hang_into_a_readable_error(tmp_path, monkeypatch):
+    good = write_table(_halos(5), tmp_path / "cat.csv")
+    crash = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    monkeypatch.setattr(catalog_inspect, "_inspector_command", lambda path, max_bytes: crash)
+    with pytest.raises(CatalogError, match=r"^the file could not be inspected safely "
+                                           r"\(the inspector crashed: signal SIGKILL\)$"):
+        inspect_catalog_isolated(good, 1 << 20)
+    hang = [sys.executable, "-c", "import time; time.sleep(60)"]
+    monkeypatch.setattr(catalog_inspect, "_inspector_command", lambda path, max_bytes: hang)
+    with pytest.raises(CatalogError, match=r"inspector took longer than 0.5 s"):
+        inspect_catalog_isolated(good, 1 << 20, timeout=0.5)
+
+
+def test_inspect_command_line_exit_codes(tmp_path):
+    good = write_table(_halos(5), tmp_path / "cat.parquet")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "app.catalog_inspect", *map(str, args)],
+                              capture_output=True, text=True)
+
+    ok = run(good, "--max-bytes", 1 << 20)
+    assert ok.returncode == 0 and ok.stdout.count("\n") == 1
+    assert json.loads(ok.stdout)["rows"] == 5
+    refused = run(good, "--max-bytes", 10)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()]
+    assert "exceeds the limit of 10 bytes" in refused.stderr
+    assert run(good).returncode == 2
