@@ -4,21 +4,56 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: the token file ``galaxypaint serve`` writes when no token is configured (in the data directory, 0600)
+TOKEN_FILE = ".galaxypaint-token"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GALAXYPAINT_", env_file=None, extra="ignore")
 
     registry: Path = Field(Path("models"), description="model registry directory (SQLite + ONNX artefacts)")
-    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per session (0: all cores)")
+    threads: int = Field(0, ge=0, le=1024, description="onnxruntime intra-op threads per session (0: all cores)")
     data_dir: Path = Field(Path("data"), description="server-side catalogs (jobs may only read below it) and "
                                                      "job outputs (under jobs/)")
-    api_token: SecretStr | None = Field(None, description="bearer token required to move aliases")
-    max_batch_halos: int = Field(100_000, ge=1, description="largest /v1/predict or /v2 infer batch (413 beyond)")
-    max_upload_bytes: int = Field(2 * 2**30, ge=1, description="largest catalog upload for a paint job")
-    job_workers: int = Field(1, ge=1, description="worker processes running paint and P(k) jobs")
+    # --- access: two scopes.  ``admin`` moves aliases (and may do everything else); ``submit`` paints,
+    # measures P(k) and reads job listings and results.  /v1/predict, /v2 inference, the schema and the
+    # registry's read-only endpoints stay open.
+    admin_token: SecretStr | None = Field(None, description="bearer token of the admin scope (alias moves); "
+                                                            "generated into the token file when unset")
+    api_token: SecretStr | None = Field(None, description="bearer token of the submit scope (jobs); the admin "
+                                                          "token also works for it")
+    allow_anonymous_writes: bool = Field(False, description="serve job submission and alias moves without any "
+                                                           "token (explicit opt-in; never the default)")
+    # --- bounds on what one request may ask for
+    max_batch_halos: int = Field(100_000, ge=1, le=10_000_000,
+                                 description="largest /v1/predict or /v2 infer batch (413 beyond)")
+    max_json_bytes: int = Field(32 * 2**20, ge=1024, description="largest JSON request body, after any "
+                                                                 "Content-Encoding is undone (413 beyond)")
+    max_upload_bytes: int = Field(2 * 2**30, ge=1, description="largest catalog upload for a paint job, and the "
+                                                               "largest decompressed size of any catalog a job reads")
+    max_pk_nmesh: int = Field(512, ge=8, le=2048, description="largest P(k) mesh per side a job may ask for "
+                                                              "(memory grows as nmesh^3: 512 needs ~2 GiB)")
+    max_loaded_models: int = Field(16, ge=1, le=1024, description="onnxruntime sessions kept loaded (least "
+                                                                  "recently used evicted; production stacks kept)")
+    # --- jobs
+    job_workers: int = Field(1, ge=1, le=64, description="jobs running at once (one process each)")
+    job_time_limit_s: float = Field(6 * 3600.0, gt=0, description="a job running longer is killed and failed")
+    job_memory_limit_mb: int = Field(8192, ge=64, description="a job whose worker exceeds this resident memory "
+                                                              "is killed and failed")
+    job_retention_hours: float = Field(7 * 24.0, gt=0, description="finished jobs' files are deleted after this")
+    jobs_quota_bytes: int = Field(50 * 2**30, ge=2**20, description="disk used by job inputs and results; the "
+                                                                   "oldest finished jobs' files go first beyond it")
+    # --- observability
+    log_json: bool = Field(True, description="structured JSON log lines (false: plain text)")
+
+    @field_validator("admin_token", "api_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `GALAXYPAINT_ADMIN_TOKEN=` in an env file means "not set", never "the empty token"
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 def get_settings() -> Settings:

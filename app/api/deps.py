@@ -1,17 +1,42 @@
-"""FastAPI dependencies, all in one place (``Annotated`` aliases used by the routers)."""
+"""FastAPI dependencies, all in one place (``Annotated`` aliases used by the routers).
+
+Access has two scopes.  ``submit`` (the API token, or the admin token) paints, measures P(k), lists
+and downloads jobs; ``admin`` (the admin token only) also moves aliases.  Prediction, the schema and
+the registry's read-only views need no token.  A server always has an admin token (configured, or
+generated into the data directory's token file at start-up) unless anonymous writes were explicitly
+allowed.
+"""
 
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.api.observability import Metrics
 from app.dataplane import ModelStore
 from app.jobs import JobRunner, JobStore
 from app.registry import Registry
 from app.settings import Settings
+
+Scope = Literal["submit", "admin"]
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The tokens in force; ``None`` for both only when anonymous writes were allowed explicitly."""
+
+    admin: str | None
+    submit: str | None
+
+
+@dataclass(frozen=True)
+class Caller:
+    scope: str  # "admin", "submit" or "anonymous"
+    client: str
 
 
 def get_settings(request: Request) -> Settings:
@@ -34,19 +59,37 @@ def get_runner(request: Request) -> JobRunner:
     return request.app.state.runner
 
 
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
 _bearer = HTTPBearer(auto_error=False)
 
 
-def require_token(settings: Annotated[Settings, Depends(get_settings)],
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """Mutating endpoints (alias moves, job submission and cancellation) need the bearer token when one is
-    configured (GALAXYPAINT_API_TOKEN); without one the server is open (it warns at start-up)."""
-    if settings.api_token is None:
-        return
-    if credentials is None or not secrets.compare_digest(credentials.credentials.encode(),
-                                                         settings.api_token.get_secret_value().encode()):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a valid bearer token is required (Authorization header)",
+def _matches(given: str, expected: str | None) -> bool:
+    return expected is not None and secrets.compare_digest(given.encode(), expected.encode())
+
+
+def _caller(required: Scope):
+    def check(request: Request,
+              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Caller:
+        tokens: Tokens = request.app.state.tokens
+        client = (request.client.host if request.client else "-")
+        if tokens.admin is None and tokens.submit is None:  # GALAXYPAINT_ALLOW_ANONYMOUS_WRITES=true
+            return Caller("anonymous", client)
+        given = credentials.credentials if credentials is not None else ""
+        if _matches(given, tokens.admin):
+            return Caller("admin", client)
+        if required == "submit" and _matches(given, tokens.submit):
+            return Caller("submit", client)
+        if given and _matches(given, tokens.submit):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "authorization: this token may submit and read jobs, "
+                                                           "but moving aliases needs the admin token")
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"authorization: a valid bearer token of the {required} "
+                                                          "scope is required (Authorization: Bearer ...)",
                             headers={"WWW-Authenticate": "Bearer"})
+
+    return check
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -54,4 +97,6 @@ RegistryDep = Annotated[Registry, Depends(get_registry)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
 RunnerDep = Annotated[JobRunner, Depends(get_runner)]
-TokenDep = Annotated[None, Depends(require_token)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+SubmitDep = Annotated[Caller, Depends(_caller("submit"))]
+AdminDep = Annotated[Caller, Depends(_caller("admin"))]
