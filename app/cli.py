@@ -368,7 +368,8 @@ def cmd_paint(args: argparse.Namespace) -> int:
     else:
         summary = paint_file(args.catalog, args.out, registry, path=args.path, targets=targets, model=args.model,
                              columns=args.columns, chunk_rows=args.chunk_rows, compute_delta3=args.compute_delta3,
-                             box=args.box, progress=_progress_bar("painting", "halo"))
+                             box=args.box, progress=_progress_bar("painting", "halo"),
+                             range_policy="warn" if args.lenient else "error")
     for w in summary.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
     used = ", ".join(f"{d['name']}/{d['version']}" for d in summary["models"])
@@ -380,6 +381,8 @@ def cmd_paint(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.tokens import load_or_create_token, token_path
+
     # settings travel through the environment so that every uvicorn worker process sees them
     if args.registry:
         os.environ["GALAXYPAINT_REGISTRY"] = os.path.abspath(args.registry)
@@ -389,8 +392,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not (settings.registry / "registry.sqlite").exists():
         print(f"warning: no registry in {settings.registry} yet: /health/ready stays 503 until models are "
               "trained into it", file=sys.stderr)
+    if settings.admin_token is None and not settings.allow_anonymous_writes:
+        # once, before any worker process starts, so that all of them serve the same token
+        token, created = load_or_create_token(settings.data_dir)
+        where = token_path(settings.data_dir)
+        print(f"admin token {'generated and ' if created else ''}stored in {where} (mode 0600):\n    {token}\n"
+              f"clients: export GALAXYPAINT_ADMIN_TOKEN=$(cat {where})", file=sys.stderr, flush=True)
     uvicorn.run("app.api.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level)
+                log_level=args.log_level, access_log=False)
     return 0
 
 
@@ -513,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-delta3", action="store_true", help="compute Delta3_h from x, y, z (haloes as tracers)")
     p.add_argument("--box", type=float, help="periodic box side [Mpc/h] (needed by --compute-delta3)")
     p.add_argument("--chunk-rows", type=int, default=1 << 18, help="rows per chunk (default 262144)")
+    p.add_argument("--lenient", action="store_true", help="warn about out-of-range values instead of failing")
     p.add_argument("--engine", choices=("local", "dask"), default="local")
     p.add_argument("--scheduler", help="Dask scheduler address (default: a LocalCluster)")
     p.add_argument("--dask-workers", type=int, default=2, help="LocalCluster workers (default 2)")

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 from app.inference import LoadedModel, is_reference, model_choice
-from app.registry import DB_NAME, ModelVersion, Registry, RegistryError
-from app.schema import FEATURE_NAMES, TARGET_NAMES
+from app.registry import DB_NAME, ModelNotFound, ModelVersion, Registry, RegistryError
+from app.schema import COLUMNS, FEATURE_NAMES, TARGET_NAMES
 
 PATHS = ("raw", "smogn")
 SERVING_ALIAS = "production"
@@ -34,10 +35,16 @@ class DataPlaneError(ValueError):
 
 
 class ModelStore:
-    def __init__(self, registry: Registry, threads: int = 0) -> None:
+    """Resolutions and onnxruntime sessions.  At most ``max_loaded`` sessions stay loaded: the least
+    recently used is dropped first, except the serving stacks loaded by ``warm()`` (any client may ask
+    for any registered model, and each session holds tens of MB)."""
+
+    def __init__(self, registry: Registry, threads: int = 0, max_loaded: int = 16) -> None:
         self.registry = registry
         self.threads = threads
-        self._sessions: dict[tuple[str, int], LoadedModel] = {}
+        self.max_loaded = max(1, max_loaded)
+        self._sessions: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._pinned: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
         self._resolved: dict[tuple, ModelVersion] = {}
         self._names: list[str] | None = None
@@ -76,11 +83,11 @@ class ModelStore:
             if version is None and alias is None:
                 try:
                     return self.registry.get(name, alias=SERVING_ALIAS)
-                except RegistryError:
+                except ModelNotFound:
                     return self.registry.get(name)
             return self.registry.get(name, version=version, alias=alias)
-        except RegistryError as exc:
-            raise DataPlaneError(str(exc), status=404) from None
+        except ModelNotFound as exc:
+            raise DataPlaneError(str(exc), "model", status=404) from None
 
     def serving_version(self, target: str, path: str, model: str | None = None) -> ModelVersion:
         """The stack serving ``target`` on ``path``; ``model`` = alias, version number or full reference."""
@@ -98,25 +105,40 @@ class ModelStore:
         return mv
 
     # ------------------------------------------------------------------ sessions
-    def session(self, mv: ModelVersion) -> LoadedModel:
+    def session(self, mv: ModelVersion, pin: bool = False) -> LoadedModel:
         key = (mv.name, mv.version)
         with self._lock:
             loaded = self._sessions.get(key)
-            if loaded is None:
-                loaded = self._sessions[key] = LoadedModel.load(self.registry, mv, self.threads)
+            if loaded is not None:
+                self._sessions.move_to_end(key)
+                if pin:
+                    self._pinned.add(key)
+                return loaded
+        # loading (hashing, graph optimization) happens outside the lock: other models keep serving
+        fresh = LoadedModel.load(self.registry, mv, self.threads)  # ArtefactUnavailable -> 503
+        with self._lock:
+            loaded = self._sessions.setdefault(key, fresh)
+            self._sessions.move_to_end(key)
+            if pin:
+                self._pinned.add(key)
+            for old in [k for k in self._sessions if k not in self._pinned]:
+                if len(self._sessions) <= self.max_loaded:
+                    break
+                if old != key:
+                    del self._sessions[old]
             return loaded
 
     def warm(self) -> list[str]:
-        """Load every stack carrying the serving alias (diagnostic single models load on first use)."""
+        """Load (and keep) every stack carrying the serving alias; other models load on first use."""
         loaded = []
         for latest in self.registry.list_models():
             if latest.kind != "stack":
                 continue
             try:
                 mv = self.registry.get(latest.name, alias=SERVING_ALIAS)
-            except RegistryError:
+            except ModelNotFound:
                 continue
-            self.session(mv)
+            self.session(mv, pin=True)
             loaded.append(mv.uri)
         return loaded
 
@@ -140,7 +162,9 @@ def serving_versions(store: ModelStore, targets: Sequence[str], path: str, model
 
 
 def check_features(x: np.ndarray, names: Sequence[str] = FEATURE_NAMES) -> np.ndarray:
-    """Refuse non-finite inputs, naming the first offending halo and feature."""
+    """Refuse non-finite inputs and values outside the schema's valid (physical) ranges, naming the
+    first offending halo and feature.  Values inside the valid range but outside a model's training
+    range are answered, with a warning (``domain_warnings``): the same policy as ``predict``/``paint``."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != len(names):
         raise DataPlaneError(f"expected {len(names)} features per halo ({', '.join(names)}), got shape {x.shape}",
@@ -149,7 +173,24 @@ def check_features(x: np.ndarray, names: Sequence[str] = FEATURE_NAMES) -> np.nd
     if bad.any():
         i, j = np.argwhere(bad)[0]
         raise DataPlaneError(f"halo {i}: {names[j]} is {x[i, j]} (must be a finite number)", names[j])
+    lo = np.array([COLUMNS[n].valid[0] for n in names])
+    hi = np.array([COLUMNS[n].valid[1] for n in names])
+    bad = (x < lo) | (x > hi)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise DataPlaneError(f"halo {i}: {names[j]}={x[i, j]:.6g} is outside the valid range [{lo[j]:g}, {hi[j]:g}] "
+                             f"{COLUMNS[names[j]].unit}", names[j])
     return x
+
+
+def check_outputs(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Predictions are finite, or the request is refused (never a ``null`` in a 200 answer)."""
+    for target, v in values.items():
+        bad = np.flatnonzero(~np.isfinite(v))
+        if len(bad):
+            raise DataPlaneError(f"halo {bad[0]}: the {target} prediction is not finite ({v[bad[0]]}); the input "
+                                 "lies where the model is undefined", "halo_features")
+    return values
 
 
 def domain_warnings(x: np.ndarray, mvs: Sequence[ModelVersion], limit: int = 10_000) -> list[dict]:
@@ -181,7 +222,7 @@ def predict(store: ModelStore, x: np.ndarray, path: str = "raw", targets: Sequen
         if not targets:
             raise DataPlaneError(f"no {path}-path stack is registered", "path", status=404)
     mvs = serving_versions(store, targets, path, model)
-    values = {t: store.session(mv).predict(x) for t, mv in zip(targets, mvs)}
+    values = check_outputs({t: store.session(mv).predict(x) for t, mv in zip(targets, mvs)})
     info = [{"target": t, "name": mv.name, "version": mv.version, "sha256": mv.sha256, "aliases": list(mv.aliases)}
             for t, mv in zip(targets, mvs)]
     return Prediction(values, info, domain_warnings(x, mvs))

@@ -28,9 +28,12 @@ Progress = Callable[[int, int], None]
 DEFAULT_CHUNK_ROWS = 1 << 18
 
 
-def paint_frame(df, predictor: StackPredictor, row_offset: int = 0, range_policy: str = "warn"):
+def paint_frame(df, predictor: StackPredictor, row_offset: int = 0, range_policy: str = "error"):
     """One chunk: validate the features (errors name the rows, counted from the file start) and append
-    the ``<target>_pred`` columns.  Returns (painted frame, warnings)."""
+    the ``<target>_pred`` columns.  Returns (painted frame, warnings).
+
+    Features outside the schema's valid ranges are refused (``range_policy="warn"``: reported and
+    painted), as ``galaxypaint predict`` and the HTTP API do; non-finite predictions are refused."""
     try:
         report = validate(df, require=FEATURE_NAMES, range_policy=range_policy, check=FEATURE_NAMES)  # type: ignore[arg-type]
     except CatalogError as exc:
@@ -39,6 +42,9 @@ def paint_frame(df, predictor: StackPredictor, row_offset: int = 0, range_policy
     x = df[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
     out = df.copy()
     for target, values in predictor.predict(x).items():
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            raise CatalogError(f"row {row_offset + bad[0]:,}: the {target} prediction is not finite")
         out[f"{target}_pred"] = values
     return out, report.warnings
 
@@ -47,7 +53,7 @@ def paint_file(catalog: str | Path, out: str | Path, registry: Registry, path: s
                targets: Sequence[str] | None = None, model: str | None = None, columns: str | None = None,
                chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: Progress | None = None, threads: int = 0,
                compute_delta3: bool = False, box: float | None = None,
-               predictor: StackPredictor | None = None) -> dict:
+               predictor: StackPredictor | None = None, range_policy: str = "error") -> dict:
     """Paint ``catalog`` into ``out`` (format from the extension); returns a summary of the run."""
     detect_format(out)
     t0 = time.perf_counter()
@@ -77,7 +83,7 @@ def paint_file(catalog: str | Path, out: str | Path, registry: Registry, path: s
             for start, chunk in reader.chunks(chunk_rows):
                 if d3 is not None:
                     chunk["Delta3_h"] = d3[start:start + len(chunk)]
-                painted, warn = paint_frame(chunk, predictor, start)
+                painted, warn = paint_frame(chunk, predictor, start, range_policy)
                 warnings += warn[:3]
                 writer.write(painted)
                 if progress:

@@ -120,3 +120,20 @@ def test_dask_local_cluster_paints_a_million_rows_like_the_local_engine(tmp_path
     dask_df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     local_df = read_table(local["output"])
     pd.testing.assert_frame_equal(dask_df, local_df, check_exact=True)
+
+
+def test_out_of_range_features_are_refused_by_paint_and_predict_alike(tmp_path, registry, demo_small):
+    """One policy for invalid inputs: refused by default (as the HTTP API does), painted with a warning
+    under --lenient, in both `paint` and `predict`."""
+    cat = demo_small.iloc[:2000].copy()
+    cat.loc[1234, "C_h"] = 3.84  # above the schema's valid range [-1, 3]
+    src = write_table(cat, tmp_path / "odd.parquet")
+    root = str(registry.root)
+    for command in (["paint", "--catalog", str(src), "--out", str(tmp_path / "p.parquet")],
+                    ["predict", "--data", str(src), "--out", str(tmp_path / "q.parquet")]):
+        strict = cli(*command, "--registry", root)
+        assert strict.returncode == 1 and "C_h" in strict.stderr and "1234" in strict.stderr, strict.stderr
+        assert "Traceback" not in strict.stderr and len(strict.stderr.strip().splitlines()) <= 2
+        lenient = cli(*command, "--registry", root, "--lenient")
+        assert lenient.returncode == 0 and "warning" in lenient.stderr and "C_h" in lenient.stderr, lenient.stderr
+    assert len(read_table(tmp_path / "p.parquet")) == len(read_table(tmp_path / "q.parquet")) == 2000

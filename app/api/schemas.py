@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from app.schema import COLUMNS, FEATURE_NAMES
 
@@ -25,8 +25,10 @@ class PredictRequest(BaseModel):
     halos: list[Halo] | None = Field(None, description="row form: one object per halo")
     columns: dict[str, list[float]] | None = Field(None, description="columnar form: feature name -> values")
     path: Literal["raw", "smogn"] = "raw"
-    targets: list[str] | None = Field(None, description="subset of smass, sSFR, radius, color (default: all served)")
-    model: str | None = Field(None, description="alias (staging), version number, or full reference for one target")
+    targets: list[str] | None = Field(None, max_length=8,
+                                      description="subset of smass, sSFR, radius, color (default: all served)")
+    model: str | None = Field(None, max_length=256,
+                              description="alias (staging), version number, or full reference for one target")
 
     @model_validator(mode="after")
     def _one_form(self) -> "PredictRequest":
@@ -70,10 +72,20 @@ class PredictResponse(BaseModel):
     warnings: list[HaloWarning] = Field(description="halos with a feature outside the models' training range")
 
 
+MAX_VERSION = 2**31 - 1
+
+
 class AliasRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    alias: str = Field(description="alias to move, e.g. production or staging")
-    version: int = Field(ge=1)
+    alias: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$", description="alias to move, e.g. production")
+    version: int = Field(ge=1, le=MAX_VERSION)
+
+
+class AliasMoved(BaseModel):
+    name: str
+    alias: str
+    version: int
+    uri: str
 
 
 class JobInfo(BaseModel):
@@ -88,19 +100,30 @@ class JobInfo(BaseModel):
     created_at: str | None
     started_at: str | None
     finished_at: str | None
+    expired: bool = Field(False, description="the job's files were deleted (retention period or quota)")
+
+
+class JobPage(BaseModel):
+    jobs: list[JobInfo] = Field(description="newest first")
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
+
+
+#: a path relative to the data directory: no NUL byte, bounded length
+DataPath = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\x00]+$")]
 
 
 class PkJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    job_id: str | None = Field(None, description="a succeeded paint job whose output is measured")
-    path: str | None = Field(None, description="or a painted catalog, relative to the server's data directory")
-    truth: str | None = Field(None, description="optional catalog with the true properties (same rows), "
-                                                "relative to the data directory")
-    box: float = Field(205.0, gt=0, description="periodic box side [Mpc/h]")
-    nmesh: int = Field(256, ge=8, le=1024)
-    targets: list[str] | None = None
-    edges: dict[str, list[float]] | None = Field(None, description="property -> [lo, mid, hi]; default: the paper's")
-    columns: str | None = Field(None, description="column mapping NAME=SOURCE[,...]")
+    job_id: str | None = Field(None, max_length=64, description="a succeeded paint job whose output is measured")
+    path: DataPath | None = Field(None, description="or a painted catalog, relative to the server's data directory")
+    truth: DataPath | None = Field(None, description="optional catalog with the true properties (same rows), "
+                                                     "relative to the data directory")
+    box: float = Field(205.0, gt=0, le=1e5, description="periodic box side [Mpc/h]")
+    nmesh: int = Field(256, ge=8, le=2048, description="FFT mesh per side (the server's limit applies)")
+    targets: list[str] | None = Field(None, max_length=8)
+    edges: dict[str, Annotated[list[float], Field(min_length=3, max_length=3)]] | None = Field(
+        None, max_length=8, description="property -> [lo, mid, hi]; default: the paper's")
+    columns: str | None = Field(None, max_length=4096, description="column mapping NAME=SOURCE[,...]")
 
     @model_validator(mode="after")
     def _one_source(self) -> "PkJobRequest":

@@ -1,70 +1,130 @@
-"""Batch jobs: paint a catalog, measure P(k); status, result download, cancellation."""
+"""Batch jobs: paint a catalog, measure P(k); status, result download, cancellation and deletion.
+
+Everything here needs the ``submit`` scope.  A job row is created only once its input is in place and
+checked: the job store is the queue, so a row that exists is a job that will run.  Uploaded files
+are inspected in a separate process (format, links and external storage, decompressed size) before
+they are accepted; paths are shown relative to the data directory.
+"""
 
 from __future__ import annotations
 
+import re
 import shutil
-from pathlib import Path
+import uuid
+from pathlib import Path, PurePosixPath
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from app.api.deps import JobsDep, RunnerDep, SettingsDep, StoreDep, TokenDep
-from app.api.schemas import JobInfo, PkJobRequest
+from app.api.deps import JobsDep, RunnerDep, SettingsDep, StoreDep, SubmitDep
+from app.api.errors import responses
+from app.api.observability import audit
+from app.api.schemas import JobInfo, JobPage, PkJobRequest
+from app.catalog_inspect import inspect_catalog_isolated
 from app.catalogs import CatalogError, detect_format
 from app.dataplane import PATHS, DataPlaneError, serving_versions
-from app.jobs import FINAL, JobError, job_dir
+from app.jobs import FINAL, STATUSES, JobError, job_dir
 from app.schema import TARGET_NAMES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-OUTPUT_FORMATS = {"parquet": "parquet", "hdf5": "hdf5", "csv": "csv"}
+OUTPUT_FORMATS = ("parquet", "hdf5", "csv")
+RESULT_PARTS = ("file", "figure", "csv")
+_JOB_ID = re.compile(r"^job-[0-9a-f]{12}$")
+_MAX_PATH = 1024
 
 
 def _inside_data_dir(settings, relative: str, field: str) -> Path:
+    """A file below the data directory; hidden names (the token file, uploads in flight) are not files."""
+    if not relative or len(relative) > _MAX_PATH or "\x00" in relative:
+        raise HTTPException(422, f"{field}: a path of 1 to {_MAX_PATH} characters without NUL bytes is needed")
+    parts = PurePosixPath(relative.replace("\\", "/")).parts
+    if PurePosixPath(relative).is_absolute() or any(p == ".." for p in parts):
+        raise HTTPException(403, f"{field}: {relative!r} lies outside the server's data directory")
+    if any(p.startswith(".") for p in parts):
+        raise HTTPException(403, f"{field}: hidden files are not catalogs")
     root = settings.data_dir.resolve()
-    candidate = (root / relative).resolve()
-    if not candidate.is_relative_to(root):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"{field}: {relative!r} lies outside the server's data directory")
-    if not candidate.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{field}: no file {relative!r} in the server's data directory")
+    try:
+        candidate = (root / relative).resolve()
+        inside = candidate.is_relative_to(root)
+        is_file = inside and candidate.is_file()
+    except (OSError, ValueError):
+        raise HTTPException(422, f"{field}: {relative[:80]!r} is not a usable path") from None
+    if not inside:  # a symbolic link leading out
+        raise HTTPException(403, f"{field}: {relative!r} lies outside the server's data directory")
+    if not is_file:
+        raise HTTPException(404, f"{field}: no file {relative!r} in the server's data directory")
     return candidate
 
 
-def _targets(value: str | None) -> list[str] | None:
+def public(job: dict, settings) -> dict:
+    """A job as clients see it: file paths relative to the data directory, never the server's layout."""
+    root = settings.data_dir.resolve()
+    params = dict(job.get("params") or {})
+    for key in ("input", "truth"):
+        value = params.get(key)
+        if isinstance(value, str):
+            p = Path(value)
+            params[key] = str(p.relative_to(root)) if p.is_absolute() and p.is_relative_to(root) else p.name
+    return {**job, "params": params}
+
+
+def _targets(value: str | list[str] | None) -> list[str] | None:
     if not value:
         return None
-    items = [t.strip() for t in value.split(",") if t.strip()]
+    items = [t.strip() for t in value.split(",")] if isinstance(value, str) else list(value)
+    items = [t for t in items if t]
     bad = [t for t in items if t not in TARGET_NAMES]
     if bad:
-        raise HTTPException(422, f"targets: unknown {', '.join(bad)}; choose from {', '.join(TARGET_NAMES)}")
+        raise HTTPException(422, f"targets: unknown {', '.join(bad)[:200]}; choose from {', '.join(TARGET_NAMES)}")
     return items
 
 
 def _job(jobs, job_id: str) -> dict:
+    if not _JOB_ID.match(job_id):
+        raise HTTPException(404, f"job_id: no job {job_id[:80]!r}")
     try:
         return jobs.get(job_id)
     except JobError as exc:
         raise HTTPException(404, f"job_id: {exc}") from None
 
 
-@router.post("/paint", status_code=202, response_model=JobInfo)
-async def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, store: StoreDep, _: TokenDep,
+def _inspect(path: Path, settings, field: str) -> dict:
+    try:
+        return inspect_catalog_isolated(path, settings.max_upload_bytes)
+    except CatalogError as exc:
+        raise HTTPException(422, f"{field}: {exc}") from None
+
+
+def _check_quota(jobs, settings, incoming: int) -> None:
+    if jobs.disk_usage(settings.data_dir) + incoming > settings.jobs_quota_bytes:
+        jobs.sweep(settings.data_dir, settings.job_retention_hours, settings.jobs_quota_bytes)
+        if jobs.disk_usage(settings.data_dir) + incoming > settings.jobs_quota_bytes:
+            raise HTTPException(507, f"file: the job storage quota ({settings.jobs_quota_bytes:,} bytes) is used "
+                                     "by running jobs; try again later")
+
+
+@router.post("/paint", status_code=202, response_model=JobInfo, responses=responses(401, 403, 404, 507))
+async def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, store: StoreDep, caller: SubmitDep,
                        file: Annotated[UploadFile | None, File(description="halo catalog (.csv, .parquet, .hdf5)")] = None,
-                       catalog: Annotated[str | None, Form(description="or a catalog path in the data directory")] = None,
-                       columns: Annotated[str | None, Form(description="column mapping NAME=SOURCE[,...]")] = None,
-                       path: Annotated[str, Form(description="raw or smogn")] = "raw",
-                       targets: Annotated[str | None, Form(description="comma-separated targets")] = None,
-                       model: Annotated[str | None, Form(description="alias, version or reference")] = None,
-                       output_format: Annotated[str, Form(description="parquet, hdf5 or csv")] = "parquet") -> dict:
+                       catalog: Annotated[str | None, Form(max_length=_MAX_PATH,
+                                                           description="or a catalog path in the data directory")] = None,
+                       columns: Annotated[str | None, Form(max_length=4096,
+                                                           description="column mapping NAME=SOURCE[,...]")] = None,
+                       path: Annotated[str, Form(max_length=16, description="raw or smogn")] = "raw",
+                       targets: Annotated[str | None, Form(max_length=256, description="comma-separated targets")] = None,
+                       model: Annotated[str | None, Form(max_length=256, description="alias, version or reference")] = None,
+                       output_format: Annotated[str, Form(max_length=16, description="parquet, hdf5 or csv")] = "parquet"
+                       ) -> dict:
     if (file is None) == (catalog is None):
         raise HTTPException(422, "file: give exactly one of 'file' (an upload) or 'catalog' (a server-side path)")
     if path not in PATHS:
         raise HTTPException(422, f"path: {path!r} is not one of {', '.join(PATHS)}")
     if output_format not in OUTPUT_FORMATS:
         raise HTTPException(422, f"output_format: {output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
-    wanted = _targets(targets) or [t for t in TARGET_NAMES if f"{t}-{path}-stack" in
-                                   set(store.names())]
+    wanted = _targets(targets) or [t for t in TARGET_NAMES if f"{t}-{path}-stack" in set(store.names())]
     if not wanted:
         raise HTTPException(404, f"path: no {path}-path stack is registered")
     try:
@@ -72,88 +132,129 @@ async def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, 
     except DataPlaneError as exc:
         raise HTTPException(exc.status, f"{exc.field or 'model'}: {exc}") from None
     params = {"path": path, "targets": wanted, "model": model, "columns": columns, "output_format": output_format}
+    job_id = f"job-{uuid.uuid4().hex[:12]}"
     if catalog is not None:
         source = _inside_data_dir(settings, catalog, "catalog")
         try:
             detect_format(source)
         except CatalogError as exc:
             raise HTTPException(415, f"catalog: {exc}") from None
-        job = jobs.create("paint", {**params, "input": str(source), "source": catalog})
+        await run_in_threadpool(_inspect, source, settings, "catalog")
+        job = jobs.create("paint", {**params, "input": str(source), "source": catalog}, job_id=job_id)
     else:
-        name = file.filename or "upload"
+        name = (file.filename or "upload")[:255]
         try:
             detect_format(name)
         except CatalogError as exc:
             raise HTTPException(415, f"file: {exc}") from None
-        job = jobs.create("paint", {**params, "source": name})
-        work = job_dir(settings.data_dir, job["id"])
-        work.mkdir(parents=True, exist_ok=True)
+        size = file.size if file.size is not None else 0
+        _check_quota(jobs, settings, size)
+        work = job_dir(settings.data_dir, job_id)
         suffix = ".csv.gz" if name.lower().endswith(".csv.gz") else Path(name).suffix.lower()
         target = work / f"input{suffix}"
-        size = 0
         try:
-            with open(target, "wb") as fh:
-                while chunk := await file.read(1 << 20):
-                    size += len(chunk)
-                    if size > settings.max_upload_bytes:
-                        raise HTTPException(413, f"file: larger than the upload limit of {settings.max_upload_bytes:,} "
-                                                 "bytes; put it in the data directory and give 'catalog'")
-                    fh.write(chunk)
-        except HTTPException:
+            work.mkdir(parents=True, exist_ok=False)
+            await run_in_threadpool(_copy_upload, file, target)
+            await run_in_threadpool(_inspect, target, settings, "file")
+        except BaseException:
             shutil.rmtree(work, ignore_errors=True)
-            jobs.finish(job["id"], "failed", error="upload refused: too large")
             raise
-        job = jobs.update(job["id"], params={**job["params"], "input": str(target), "upload_bytes": size})
-    runner.submit(job["id"])
-    return job
+        job = jobs.create("paint", {**params, "input": str(target), "source": name, "upload_bytes": target.stat().st_size},
+                          job_id=job_id)
+    runner.wake()
+    audit("job.submit", job_id=job["id"], kind="paint", scope=caller.scope, client=caller.client,
+          source=job["params"]["source"])
+    return public(job, settings)
 
 
-@router.post("/pk", status_code=202, response_model=JobInfo)
-def submit_pk(req: PkJobRequest, settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, _: TokenDep) -> dict:
+def _copy_upload(file: UploadFile, target: Path) -> None:
+    file.file.seek(0)
+    with open(target, "wb") as fh:
+        shutil.copyfileobj(file.file, fh, 1 << 20)
+
+
+@router.post("/pk", status_code=202, response_model=JobInfo, responses=responses(401, 403, 404, 409))
+def submit_pk(req: PkJobRequest, settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, caller: SubmitDep) -> dict:
+    if (req.job_id is None) == (req.path is None):
+        raise HTTPException(422, "job_id: give exactly one of 'job_id' (a paint job) or 'path' (a catalog in the "
+                                 "data directory)")
+    if req.nmesh > settings.max_pk_nmesh:
+        raise HTTPException(422, f"nmesh: {req.nmesh} is above this server's limit of {settings.max_pk_nmesh} "
+                                 "(memory grows as nmesh^3)")
     if req.job_id is not None:
         paint = _job(jobs, req.job_id)
-        if paint["kind"] != "paint" or paint["status"] != "succeeded":
-            raise HTTPException(409, f"job_id: {req.job_id} is a {paint['kind']} job with status {paint['status']}; "
-                                     "a succeeded paint job is needed")
+        if paint["kind"] != "paint" or paint["status"] != "succeeded" or paint.get("expired"):
+            raise HTTPException(409, f"job_id: {req.job_id} is a {paint['kind']} job with status {paint['status']}"
+                                     f"{' (files deleted)' if paint.get('expired') else ''}; a succeeded paint job "
+                                     "is needed")
         source = job_dir(settings.data_dir, req.job_id) / paint["result"]["file"]
     else:
         source = _inside_data_dir(settings, req.path, "path")  # type: ignore[arg-type]
     truth = _inside_data_dir(settings, req.truth, "truth") if req.truth else None
-    if req.targets:
-        _targets(",".join(req.targets))
+    if req.edges:
+        bad = [t for t, e in req.edges.items() if t not in TARGET_NAMES or not (e[0] < e[1] < e[2])]
+        if bad:
+            raise HTTPException(422, f"edges: {', '.join(bad)[:200]}: properties must be targets and edges three "
+                                     "increasing values")
     params = {"input": str(source), "truth": None if truth is None else str(truth), "box": req.box,
-              "nmesh": req.nmesh, "targets": req.targets, "edges": req.edges, "columns": req.columns,
+              "nmesh": req.nmesh, "targets": _targets(req.targets), "edges": req.edges, "columns": req.columns,
               "source": req.job_id or req.path}
     job = jobs.create("pk", params)
-    runner.submit(job["id"])
-    return job
+    runner.wake()
+    audit("job.submit", job_id=job["id"], kind="pk", scope=caller.scope, client=caller.client, source=params["source"])
+    return public(job, settings)
 
 
-@router.get("", response_model=list[JobInfo])
-def list_jobs(jobs: JobsDep, limit: int = 100, status_filter: str | None = None) -> list[dict]:
-    return jobs.list(limit=limit, status=status_filter)
+@router.get("", response_model=JobPage, responses=responses(401, 403))
+def list_jobs(jobs: JobsDep, settings: SettingsDep, _: SubmitDep,
+              limit: Annotated[int, Query(ge=1, le=1000, description="jobs per page")] = 100,
+              cursor: Annotated[str | None, Query(max_length=256, description="from the previous page")] = None,
+              status_filter: Annotated[str | None, Query(description="one status")] = None) -> dict:
+    if status_filter is not None and status_filter not in STATUSES:
+        raise HTTPException(422, f"status_filter: one of {', '.join(STATUSES)}")
+    try:
+        rows, next_cursor = jobs.list(limit=limit, status=status_filter, cursor=cursor)
+    except JobError as exc:
+        raise HTTPException(422, f"cursor: {exc}") from None
+    return {"jobs": [public(j, settings) for j in rows], "next_cursor": next_cursor}
 
 
-@router.get("/{job_id}", response_model=JobInfo)
-def get_job(job_id: str, jobs: JobsDep) -> dict:
-    return _job(jobs, job_id)
+@router.get("/{job_id}", response_model=JobInfo, responses=responses(401, 403, 404))
+def get_job(job_id: str, jobs: JobsDep, settings: SettingsDep, _: SubmitDep) -> dict:
+    return public(_job(jobs, job_id), settings)
 
 
-@router.get("/{job_id}/result")
-def get_result(job_id: str, jobs: JobsDep, settings: SettingsDep, part: str = "file") -> FileResponse:
+@router.get("/{job_id}/result", response_class=FileResponse, responses={
+    200: {"content": {"application/octet-stream": {}}, "description": "the result file"},
+    **responses(401, 403, 404, 409, 410)})
+def get_result(job_id: str, jobs: JobsDep, settings: SettingsDep, _: SubmitDep,
+               part: Annotated[str, Query(description="file, figure or csv")] = "file") -> FileResponse:
     job = _job(jobs, job_id)
+    if part not in RESULT_PARTS:
+        raise HTTPException(422, f"part: one of {', '.join(RESULT_PARTS)}")
     if job["status"] != "succeeded":
         raise HTTPException(409, f"job_id: {job_id} is {job['status']}; its result exists once it has succeeded")
+    if job.get("expired"):
+        raise HTTPException(410, f"job_id: the files of {job_id} were deleted (retention period or storage quota)")
     name = (job["result"] or {}).get(part)
     if not isinstance(name, str):
         raise HTTPException(404, f"part: this job has no {part!r} result (parts: "
-                                 f"{', '.join(k for k in ('file', 'figure', 'csv') if k in job['result'])})")
-    return FileResponse(job_dir(settings.data_dir, job_id) / name, filename=f"{job_id}-{name}")
+                                 f"{', '.join(k for k in RESULT_PARTS if k in (job['result'] or {}))})")
+    file = job_dir(settings.data_dir, job_id) / name
+    if not file.is_file():
+        raise HTTPException(410, f"job_id: the {part} of {job_id} is no longer on disk")
+    return FileResponse(file, filename=f"{job_id}-{name}")
 
 
-@router.delete("/{job_id}", response_model=JobInfo)
-def cancel_job(job_id: str, jobs: JobsDep, _: TokenDep) -> dict:
+@router.delete("/{job_id}", response_model=JobInfo, responses=responses(401, 403, 404))
+def delete_job(job_id: str, jobs: JobsDep, runner: RunnerDep, settings: SettingsDep, caller: SubmitDep) -> dict:
+    """An active job is canceled (its worker is stopped); a finished one is deleted with its files."""
     job = _job(jobs, job_id)
     if job["status"] in FINAL:
-        return job
-    return jobs.cancel(job_id)
+        jobs.delete(job_id, settings.data_dir)
+        audit("job.delete", job_id=job_id, scope=caller.scope, client=caller.client)
+        return public({**job, "expired": True}, settings)
+    job = jobs.cancel(job_id)
+    runner.wake()
+    audit("job.cancel", job_id=job_id, scope=caller.scope, client=caller.client)
+    return public(job, settings)

@@ -7,21 +7,22 @@ from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 
 from app import dataplane
-from app.api.deps import SettingsDep, StoreDep
+from app.api.deps import MetricsDep, SettingsDep, StoreDep
+from app.api.errors import responses
 from app.api.schemas import PredictRequest, PredictResponse
 from app.schema import COLUMNS, FEATURE_NAMES, describe
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
 
-@router.get("/schema")
+@router.get("/schema", responses=responses())
 def schema() -> dict:
     """Names, units, descriptions and valid ranges of every column (features, targets, positions)."""
     return {"columns": describe()}
 
 
-@router.post("/predict", response_model=PredictResponse)
-async def predict(req: PredictRequest, store: StoreDep, settings: SettingsDep) -> PredictResponse:
+@router.post("/predict", response_model=PredictResponse, responses=responses(404, 503))
+async def predict(req: PredictRequest, store: StoreDep, settings: SettingsDep, metrics: MetricsDep) -> PredictResponse:
     n = req.n_halos()
     if n > settings.max_batch_halos:
         raise HTTPException(413, f"halos: {n:,} halos in one request, the limit is {settings.max_batch_halos:,}; "
@@ -33,6 +34,8 @@ async def predict(req: PredictRequest, store: StoreDep, settings: SettingsDep) -
     else:
         x = np.column_stack([np.asarray(req.columns[f], dtype=np.float64) for f in FEATURE_NAMES])  # type: ignore
     pred = await run_in_threadpool(dataplane.predict, store, x, req.path, req.targets, req.model)
+    for target in pred.values:
+        metrics.predictions.labels(target, "v1").inc(n)
     return PredictResponse(n_halos=n, path=req.path, predictions={t: v.tolist() for t, v in pred.values.items()},
                            units={t: COLUMNS[t].unit for t in pred.values}, models=pred.models,
                            warnings=pred.warnings)

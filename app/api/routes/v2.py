@@ -7,18 +7,25 @@ Errors are ``{"error": "..."}`` (see the exception handlers in ``app.api.main``)
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 
 from app import __version__
-from app.api.deps import SettingsDep, StoreDep
+from app.api.deps import MetricsDep, SettingsDep, StoreDep
+from app.api.errors import responses
 from app.api.routes.health import readiness
-from app.api.schemas import InferenceRequest, InferenceResponse, ModelMetadata, TensorMeta, TensorOut
-from app.dataplane import check_features
+from app.api.schemas import (MAX_VERSION, InferenceRequest, InferenceResponse, ModelMetadata, TensorIn, TensorMeta,
+                             TensorOut)
+from app.dataplane import check_features, check_outputs
 from app.schema import FEATURE_NAMES
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], responses=responses(404, v2=True))
+
+ModelName = Annotated[str, Path(max_length=128)]
+VersionText = Annotated[str, Path(max_length=16)]
 
 INPUT = "halo_features"
 OUTPUT = "prediction"
@@ -34,7 +41,7 @@ def live() -> dict:
     return {"live": True}
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", responses=responses(503, v2=True))
 def ready(request: Request) -> dict:
     ok, _ = readiness(request)
     if not ok:
@@ -43,9 +50,34 @@ def ready(request: Request) -> dict:
 
 
 def _version(store, name: str, version: str | None):
-    if version is not None and not version.isdigit():
-        raise HTTPException(400, f"version: {version!r} is not a version number")
+    if version is not None and not (version.isascii() and version.isdigit() and 1 <= int(version) <= MAX_VERSION):
+        raise HTTPException(400, f"version: {version[:20]!r} is not a version number (1 to {MAX_VERSION})")
     return store.version(name, version=int(version) if version else None)
+
+
+def tensor_values(t: TensorIn, max_rows: int) -> np.ndarray:
+    """The ``halo_features`` tensor as float64 [N, 5]: flat or nested row-major data, numbers only,
+    exactly filling the declared shape (FP32 inputs are rounded to float32, as the client meant them)."""
+    field = f"inputs.{t.name}"
+    if t.datatype not in ("FP64", "FP32"):
+        raise HTTPException(400, f"{field}.datatype: {t.datatype[:20]} is not supported (FP64 or FP32)")
+    if len(t.shape) != 2 or t.shape[1] != len(FEATURE_NAMES) or t.shape[0] < 0:
+        raise HTTPException(400, f"{field}.shape: expected [N, {len(FEATURE_NAMES)}], got {t.shape[:4]}")
+    if t.shape[0] > max_rows:
+        raise HTTPException(413, f"{field}.shape: {t.shape[0]:,} rows, the limit is {max_rows:,}")
+    try:
+        arr = np.asarray(t.data, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise HTTPException(400, f"{field}.data: numbers only, as a flat list or rows of "
+                                 f"{len(FEATURE_NAMES)} (no strings, objects or ragged rows)") from None
+    if arr.dtype != np.float64 or arr.ndim not in (1, 2) or arr.size != t.shape[0] * t.shape[1] \
+            or (arr.ndim == 2 and list(arr.shape) != list(t.shape)):
+        raise HTTPException(400, f"{field}.data: {arr.size} values do not fill shape {t.shape}")
+    arr = arr.reshape(t.shape)
+    if t.datatype == "FP32":
+        with np.errstate(over="ignore"):
+            arr = arr.astype(np.float32).astype(np.float64)
+    return arr
 
 
 def _metadata(store, name: str, version: str | None) -> ModelMetadata:
@@ -59,60 +91,57 @@ def _metadata(store, name: str, version: str | None) -> ModelMetadata:
 
 
 @router.get("/models/{name}", response_model=ModelMetadata)
-def model_metadata(name: str, store: StoreDep) -> ModelMetadata:
+def model_metadata(name: ModelName, store: StoreDep) -> ModelMetadata:
     return _metadata(store, name, None)
 
 
 @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata)
-def model_version_metadata(name: str, version: str, store: StoreDep) -> ModelMetadata:
+def model_version_metadata(name: ModelName, version: VersionText, store: StoreDep) -> ModelMetadata:
     return _metadata(store, name, version)
 
 
-@router.get("/models/{name}/ready")
-def model_ready(name: str, store: StoreDep) -> dict:
+@router.get("/models/{name}/ready", responses=responses(503, v2=True))
+def model_ready(name: ModelName, store: StoreDep) -> dict:
     mv = _version(store, name, None)
     store.session(mv)
     return {"name": name, "version": str(mv.version), "ready": True}
 
 
-@router.get("/models/{name}/versions/{version}/ready")
-def model_version_ready(name: str, version: str, store: StoreDep) -> dict:
+@router.get("/models/{name}/versions/{version}/ready", responses=responses(503, v2=True))
+def model_version_ready(name: ModelName, version: VersionText, store: StoreDep) -> dict:
     mv = _version(store, name, version)
     store.session(mv)
     return {"name": name, "version": str(mv.version), "ready": True}
 
 
-async def _infer(name: str, version: str | None, req: InferenceRequest, store, settings) -> InferenceResponse:
+def _predict(store, mv, x: np.ndarray) -> np.ndarray:
+    return check_outputs({mv.target: store.session(mv).predict(x)})[mv.target]
+
+
+async def _infer(name: str, version: str | None, req: InferenceRequest, store, settings, metrics) -> InferenceResponse:
     tensors = {t.name: t for t in req.inputs}
     if INPUT not in tensors:
-        raise HTTPException(400, f"inputs: expected a tensor named {INPUT!r}, got {sorted(tensors) or 'none'}")
-    t = tensors[INPUT]
-    if t.datatype not in ("FP64", "FP32"):
-        raise HTTPException(400, f"inputs.{INPUT}.datatype: {t.datatype} is not supported (FP64 or FP32)")
-    if len(t.shape) != 2 or t.shape[1] != len(FEATURE_NAMES):
-        raise HTTPException(400, f"inputs.{INPUT}.shape: expected [N, {len(FEATURE_NAMES)}], got {t.shape}")
-    if t.shape[0] > settings.max_batch_halos:
-        raise HTTPException(413, f"inputs.{INPUT}.shape: {t.shape[0]:,} rows, the limit is {settings.max_batch_halos:,}")
-    flat = np.asarray(t.data, dtype=np.float64).reshape(-1) if t.data else np.zeros(0)
-    if flat.size != t.shape[0] * t.shape[1]:
-        raise HTTPException(400, f"inputs.{INPUT}.data: {flat.size} values do not fill shape {t.shape}")
-    x = check_features(flat.reshape(t.shape))
+        raise HTTPException(400, f"inputs: expected a tensor named {INPUT!r}, got {sorted(tensors)[:5] or 'none'}")
+    x = check_features(tensor_values(tensors[INPUT], settings.max_batch_halos))
     mv = _version(store, name, version)
-    values = await run_in_threadpool(store.session(mv).predict, x)
+    values = await run_in_threadpool(_predict, store, mv, x)
+    metrics.predictions.labels(mv.target, "v2").inc(len(values))
     return InferenceResponse(model_name=name, model_version=str(mv.version), id=req.id,
                              outputs=[TensorOut(name=OUTPUT, shape=[len(values), 1], datatype="FP64",
                                                 data=values.tolist())])
 
 
-@router.post("/models/{name}/infer", response_model=InferenceResponse, response_model_exclude_none=True)
-async def infer(name: str, req: InferenceRequest, store: StoreDep, settings: SettingsDep) -> InferenceResponse:
-    return await _infer(name, None, req, store, settings)
+@router.post("/models/{name}/infer", response_model=InferenceResponse, response_model_exclude_none=True,
+             responses=responses(503, v2=True))
+async def infer(name: ModelName, req: InferenceRequest, store: StoreDep, settings: SettingsDep,
+                metrics: MetricsDep) -> InferenceResponse:
+    return await _infer(name, None, req, store, settings, metrics)
 
 
 @router.post("/models/{name}/versions/{version}/infer", response_model=InferenceResponse,
-             response_model_exclude_none=True)
-async def infer_version(name: str, version: str, req: InferenceRequest, store: StoreDep,
-                        settings: SettingsDep) -> InferenceResponse:
-    return await _infer(name, version, req, store, settings)
+             response_model_exclude_none=True, responses=responses(503, v2=True))
+async def infer_version(name: ModelName, version: VersionText, req: InferenceRequest, store: StoreDep,
+                        settings: SettingsDep, metrics: MetricsDep) -> InferenceResponse:
+    return await _infer(name, version, req, store, settings, metrics)
 
 
