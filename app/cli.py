@@ -24,6 +24,15 @@ class UserError(Exception):
     """An error whose message is the whole story for the user."""
 
 
+_OPEN_BARS: list = []
+
+
+def _close_bars() -> None:
+    """Close progress bars left open by an error, so that the error line starts a line of its own."""
+    while _OPEN_BARS:
+        _OPEN_BARS.pop().close()
+
+
 def _progress_bar(desc: str, unit: str) -> Callable[[int, int], None]:
     from tqdm import tqdm
 
@@ -33,6 +42,7 @@ def _progress_bar(desc: str, unit: str) -> Callable[[int, int], None]:
         bar = state.get("bar")
         if bar is None:
             bar = state["bar"] = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
+            _OPEN_BARS.append(bar)
         bar.update(done - bar.n)  # type: ignore[attr-defined]
         if done >= total:
             bar.close()  # type: ignore[attr-defined]
@@ -558,12 +568,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (CatalogError, UserError, RegistryError) as exc:
+        _close_bars()
         print(f"galaxypaint: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("galaxypaint: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # unexpected: one line unless debugging
+        _close_bars()
         if os.environ.get("GALAXYPAINT_DEBUG"):
             raise
         print(f"galaxypaint: error: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
