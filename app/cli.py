@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable, Sequence
 
 from app import __version__
-from app.catalogs import CatalogError, detect_format, load_catalog, write_table
-from app.registry import Registry, RegistryError, dumps
-from app.schema import FEATURE_NAMES, POSITION_NAMES, TARGET_NAMES, TNG300_FEATURE_MOMENTS
-from app.settings import get_settings
+from app.core.catalogs import CatalogError, detect_format, load_catalog, write_table
+from app.core.registry import Registry, RegistryError, dumps
+from app.core.schema import FEATURE_NAMES, POSITION_NAMES, TARGET_NAMES, TNG300_FEATURE_MOMENTS
+from app.core.settings import get_settings
 
 
 class UserError(Exception):
@@ -238,7 +238,7 @@ def cmd_models_import_lightgbm(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from app.inference import StackPredictor, predict_table
+    from app.core.model import StackPredictor, predict_table
 
     detect_format(args.out)
     targets = _csv_list(args.targets, TARGET_NAMES, "target") if args.targets else None
@@ -276,8 +276,8 @@ def cmd_pk(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from app.clustering import bin_edges, compare_catalog, long_table, summary_table
-    from app.figures import plot_clustering
+    from app.science.clustering import bin_edges, compare_catalog, long_table, summary_table
+    from app.science.figures import plot_clustering
 
     if args.box <= 0 or args.nmesh < 8:
         raise UserError("--box must be positive and --nmesh at least 8")
@@ -360,7 +360,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_paint(args: argparse.Namespace) -> int:
-    from app.painting import paint_file
+    from app.painting.local import paint_file
 
     if args.chunk_rows < 1:
         raise UserError("--chunk-rows must be positive")
@@ -369,7 +369,7 @@ def cmd_paint(args: argparse.Namespace) -> int:
     targets = list(_csv_list(args.targets, TARGET_NAMES, "target")) if args.targets else None
     registry = _registry(args)
     if args.engine == "dask":
-        from app.dask_engine import paint_dask
+        from app.painting.dask_engine import paint_dask
 
         summary = paint_dask(args.catalog, args.out, registry, path=args.path, targets=targets, model=args.model,
                              columns=args.columns, chunk_rows=args.chunk_rows, scheduler=args.scheduler,
@@ -391,7 +391,7 @@ def cmd_paint(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.tokens import load_or_create_token, token_path
+    from app.core.tokens import load_or_create_token, token_path
 
     # settings travel through the environment so that every uvicorn worker process sees them
     if args.registry:

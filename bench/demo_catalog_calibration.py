@@ -30,8 +30,8 @@ def main() -> None:
     import lightgbm as lgb
     from sklearn.inspection import permutation_importance
 
-    from app.power_spectrum import power_spectrum
-    from app.schema import (FEATURE_NAMES, PAPER_BIN_EDGES, PAPER_PEARSON_R, TARGET_NAMES,
+    from app.science.power_spectrum import power_spectrum
+    from app.core.schema import (FEATURE_NAMES, PAPER_BIN_EDGES, PAPER_PEARSON_R, TARGET_NAMES,
                             TNG300_FEATURE_MOMENTS)
     from training.demo_catalog import TNG300_BOX, make_demo_catalog
 

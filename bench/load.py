@@ -63,7 +63,7 @@ def start(registry: Path, data: Path, port: int) -> subprocess.Popen:
 
 
 def trained_registry(work: Path) -> Path:
-    from app.registry import Registry
+    from app.core.registry import Registry
     from training.demo_catalog import make_demo_catalog
     from training.pipeline import TrainConfig, run_training
 
@@ -74,7 +74,7 @@ def trained_registry(work: Path) -> Path:
 
 
 async def run(args, url: str, pid: int, data: Path) -> dict:
-    from app.catalogs import write_table
+    from app.core.catalogs import write_table
     from training.demo_catalog import make_demo_catalog
 
     halos = make_demo_catalog(n=args.paint_halos, seed=9)

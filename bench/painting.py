@@ -27,7 +27,7 @@ def synthetic_catalog(path: Path, n: int, seed: int = 0, row_group: int = 1 << 2
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from app.schema import FEATURE_NAMES
+    from app.core.schema import FEATURE_NAMES
     from training.demo_catalog import make_demo_catalog
 
     base = make_demo_catalog(n=100_000, seed=seed)

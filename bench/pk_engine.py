@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from app.power_spectrum import _bin, power_spectrum
+from app.science.power_spectrum import _bin, power_spectrum
 
 
 def _pylians(pos: np.ndarray, box: float, nmesh: int, scheme: str, threads: int):

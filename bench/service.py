@@ -67,7 +67,7 @@ def main() -> None:
             time.sleep(0.1)
         from training.demo_catalog import make_demo_catalog
 
-        from app.schema import FEATURE_NAMES
+        from app.core.schema import FEATURE_NAMES
 
         x = make_demo_catalog(n=max(args.batch, 1000), seed=1)[list(FEATURE_NAMES)].to_numpy()[:args.batch]
         halo = dict(zip(FEATURE_NAMES, x[0].tolist()))

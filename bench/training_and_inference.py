@@ -44,8 +44,8 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from app.inference import run_batched
-    from app.schema import FEATURE_NAMES
+    from app.core.model import run_batched
+    from app.core.schema import FEATURE_NAMES
     from training.demo_catalog import make_demo_catalog
     from training.estimators import PRESETS
     from training.pipeline import TrainConfig, split_indices, train_target

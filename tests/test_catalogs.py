@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from app import catalog_inspect
-from app.catalog_inspect import inspect_catalog, inspect_catalog_isolated
-from app.catalog_stream import ChunkReader
-from app.catalogs import (CatalogError, canonicalize, load_catalog, parse_column_mapping, read_table,
+from app.core import catalog_inspect
+from app.core.catalog_inspect import inspect_catalog, inspect_catalog_isolated
+from app.core.catalog_stream import ChunkReader
+from app.core.catalogs import (CatalogError, canonicalize, load_catalog, parse_column_mapping, read_table,
                           validate, write_table)
-from app.schema import FEATURE_NAMES, TARGET_NAMES
+from app.core.schema import FEATURE_NAMES, TARGET_NAMES
 
 
 def _halos(n=50, seed=0):
@@ -316,7 +316,7 @@ def test_inspect_command_line_exit_codes(tmp_path):
     good = write_table(_halos(5), tmp_path / "cat.parquet")
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "app.catalog_inspect", *map(str, args)],
+        return subprocess.run([sys.executable, "-m", "app.core.catalog_inspect", *map(str, args)],
                               capture_output=True, text=True)
 
     ok = run(good, "--max-bytes", 1 << 20)

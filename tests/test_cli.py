@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from app.catalogs import read_table
+from app.core.catalogs import read_table
 
 
 def run(*args, cwd=None):

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.catalogs import write_table
-from app.clustering import bin_edges, compare_bin, compare_catalog, summary_table
-from app.power_spectrum import default_k_edges, gaussian_error, power_spectrum
+from app.core.catalogs import write_table
+from app.science.clustering import bin_edges, compare_bin, compare_catalog, summary_table
+from app.science.power_spectrum import default_k_edges, gaussian_error, power_spectrum
 
 
 def cli(*args):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.catalogs import validate
-from app.schema import (CUTS, FEATURE_NAMES, PAPER_BIN_EDGES, PAPER_PEARSON_R, TARGET_NAMES,
+from app.core.catalogs import validate
+from app.core.schema import (CUTS, FEATURE_NAMES, PAPER_BIN_EDGES, PAPER_PEARSON_R, TARGET_NAMES,
                         TNG300_FEATURE_MOMENTS)
 from training.demo_catalog import make_demo_catalog
 
@@ -78,7 +78,7 @@ def test_lightgbm_reaches_paper_pearson_r_and_importance_order(demo_small):
 
 
 def test_bins_cluster_differently_on_large_scales():
-    from app.power_spectrum import power_spectrum
+    from app.science.power_spectrum import power_spectrum
 
     df = make_demo_catalog(n=80_000, seed=3)
     pos = df[["x", "y", "z"]].to_numpy()

@@ -62,7 +62,7 @@ def test_entrypoint_serves_from_a_serving_only_install(tmp_path):
     from training.demo_catalog import make_demo_catalog
     from training.pipeline import TrainConfig, run_training
 
-    from app.registry import Registry
+    from app.core.registry import Registry
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

@@ -7,10 +7,10 @@ import pytest
 
 lgb = pytest.importorskip("lightgbm")
 
-from app.catalogs import read_table  # noqa: E402
-from app.inference import LoadedModel  # noqa: E402
-from app.registry import Registry  # noqa: E402
-from app.schema import FEATURE_NAMES, TNG300_FEATURE_MOMENTS  # noqa: E402
+from app.core.catalogs import read_table  # noqa: E402
+from app.core.model import LoadedModel  # noqa: E402
+from app.core.registry import Registry  # noqa: E402
+from app.core.schema import FEATURE_NAMES, TNG300_FEATURE_MOMENTS  # noqa: E402
 from training.external import import_lightgbm  # noqa: E402
 from training.pipeline import TrainingError  # noqa: E402
 

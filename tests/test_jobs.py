@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text, update
 
-from app.catalogs import write_table
-from app.jobs import SERVER_STOPPED, JobError, JobRow, JobRunner, JobStore, _now, job_dir, new_job_id
-from app.schema import TARGET_NAMES
-from app.settings import Settings
+from app.core.catalogs import write_table
+from app.api.jobs import SERVER_STOPPED, JobError, JobRow, JobRunner, JobStore, _now, job_dir, new_job_id
+from app.core.schema import TARGET_NAMES
+from app.core.settings import Settings
 from training.demo_catalog import make_demo_catalog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,8 +176,8 @@ def test_cancel_kills_a_running_job_at_once_and_shutdown_fails_the_rest(make_run
 
 ORPHAN_SCRIPT = textwrap.dedent("""
     import sys, time
-    from app.jobs import JobRunner, JobStore
-    from app.settings import Settings
+    from app.api.jobs import JobRunner, JobStore
+    from app.core.settings import Settings
 
     database, data_dir, catalog = sys.argv[1:4]
     store = JobStore(database)

@@ -11,13 +11,13 @@ import pytest
 
 pytest.importorskip("lightgbm")
 
-from app.catalog_stream import ChunkReader, ChunkWriter  # noqa: E402
-from app.catalogs import CatalogError, read_table, write_table  # noqa: E402
-from app.environment import delta3, delta3_slabs  # noqa: E402
-from app.inference import StackPredictor  # noqa: E402
-from app.painting import paint_file  # noqa: E402
-from app.registry import Registry  # noqa: E402
-from app.schema import FEATURE_NAMES  # noqa: E402
+from app.core.catalog_stream import ChunkReader, ChunkWriter  # noqa: E402
+from app.core.catalogs import CatalogError, read_table, write_table  # noqa: E402
+from app.core.environment import delta3, delta3_slabs  # noqa: E402
+from app.core.model import StackPredictor  # noqa: E402
+from app.painting.local import paint_file  # noqa: E402
+from app.core.registry import Registry  # noqa: E402
+from app.core.schema import FEATURE_NAMES  # noqa: E402
 from training.demo_catalog import make_demo_catalog  # noqa: E402
 from training.pipeline import TrainConfig, run_training  # noqa: E402
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.power_spectrum import SCHEMES, _axis_weights, assign_to_mesh, gaussian_error, power_spectrum
+from app.science.power_spectrum import SCHEMES, _axis_weights, assign_to_mesh, gaussian_error, power_spectrum
 
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
@@ -92,7 +92,7 @@ def _lattice_catalog(fine: int, box: float, mean_per_cell: float, seed: int):
 
 
 def test_lognormal_field_is_recovered_within_2_percent_with_tsc_interlacing():
-    from app.power_spectrum import _bin, default_k_edges
+    from app.science.power_spectrum import _bin, default_k_edges
 
     box, nmesh = 200.0, 64
     pos, truth_modes, fine = _lattice_catalog(fine=128, box=box, mean_per_cell=1.0, seed=4)
@@ -145,7 +145,7 @@ def test_backend_choice_is_checked():
     pos = np.random.default_rng(7).random((100, 3)) * 10
     with pytest.raises(ValueError, match="backend must be"):
         power_spectrum(pos, 10.0, nmesh=8, backend="fftw")
-    from app.power_spectrum import nbodykit_available
+    from app.science.power_spectrum import nbodykit_available
 
     if not nbodykit_available():
         with pytest.raises(ValueError, match="needs nbodykit"):

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from app.inference import model_choice
-from app.registry import (ArtefactUnavailable, InvalidReference, ModelNotFound, Registry, RegistryError,
+from app.core.model import model_choice
+from app.core.registry import (ArtefactUnavailable, InvalidReference, ModelNotFound, Registry, RegistryError,
                           parse_reference)
 
 

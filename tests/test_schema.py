@@ -1,4 +1,4 @@
-from app import schema
+from app.core import schema
 
 
 def test_features_and_targets_in_paper_order():

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy.stats import ks_2samp
 
-from app.schema import FEATURE_NAMES
+from app.core.schema import FEATURE_NAMES
 from training import smogn as ours
 from training.demo_catalog import make_demo_catalog
 

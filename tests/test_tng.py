@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.catalogs import CatalogError, read_table, write_table
+from app.core.catalogs import CatalogError, read_table, write_table
 from app.cli import main
 from training.tng import G_KPC_KMS2_MSUN, delta3, ingest_tng
 

@@ -13,10 +13,10 @@ import pytest
 pytest.importorskip("lightgbm")
 pytest.importorskip("keras")
 
-from app.catalogs import read_table, write_table  # noqa: E402
-from app.inference import StackPredictor  # noqa: E402
-from app.registry import Registry  # noqa: E402
-from app.schema import FEATURE_NAMES  # noqa: E402
+from app.core.catalogs import read_table, write_table  # noqa: E402
+from app.core.model import StackPredictor  # noqa: E402
+from app.core.registry import Registry  # noqa: E402
+from app.core.schema import FEATURE_NAMES  # noqa: E402
 from training.demo_catalog import make_demo_catalog  # noqa: E402
 from training.pipeline import TrainConfig, TrainingError, run_training, split_indices  # noqa: E402
 

@@ -41,8 +41,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, special
 
-from app.power_spectrum import fourier_axes
-from app.schema import CUTS, FEATURE_NAMES, TARGET_NAMES, TNG300_FEATURE_MOMENTS, ZERO_SFR_LOG_SSFR
+from app.science.power_spectrum import fourier_axes
+from app.core.schema import CUTS, FEATURE_NAMES, TARGET_NAMES, TNG300_FEATURE_MOMENTS, ZERO_SFR_LOG_SSFR
 from training.cosmology import PLANCK15, Cosmology, linear_power, tinker08_dndlogm, tinker10_bias
 
 TNG300_BOX = 205.0  # Mpc/h
@@ -245,7 +245,7 @@ def make_demo_catalog(n: int = TNG300_N_CENTRALS, box: float = TNG300_BOX, seed:
     """Generate ``n`` central galaxies and their haloes in a periodic box of side ``box`` [Mpc/h].
 
     Deterministic for a given ``seed``.  Columns: ``ID, x, y, z`` [Mpc/h], the 5 halo features and
-    the 4 galaxy targets (units in ``app.schema``).  ``with_latent`` keeps the hidden assembly
+    the 4 galaxy targets (units in ``app.core.schema``).  ``with_latent`` keeps the hidden assembly
     variable and the quenching flags (``_age``, ``_quenched``, ``_zero_sfr``) for diagnostics.
     """
     if n <= 0:
@@ -296,7 +296,7 @@ def make_demo_catalog(n: int = TNG300_N_CENTRALS, box: float = TNG300_BOX, seed:
 
 def summarize(df: pd.DataFrame) -> str:
     """Human-readable summary: moments of every feature/target against TNG300 where known."""
-    from app.schema import COLUMNS, TNG300_FEATURE_MOMENTS
+    from app.core.schema import COLUMNS, TNG300_FEATURE_MOMENTS
 
     lines = [f"{len(df):,} central galaxies"]
     lines.append(f"{'column':10s} {'unit':22s} {'mean':>9s} {'std':>8s} {'min':>9s} {'max':>9s}  TNG300 mean/std")

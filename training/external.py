@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.registry import ModelVersion, Registry
-from app.schema import FEATURE_NAMES, TARGET_NAMES
+from app.core.registry import ModelVersion, Registry
+from app.core.schema import FEATURE_NAMES, TARGET_NAMES
 from training import onnx_export as ox
 from training.pipeline import TrainingError, build_graph, package_versions, Scaler
 

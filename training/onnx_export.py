@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from app.schema import FEATURE_NAMES
+from app.core.schema import FEATURE_NAMES
 
 OPSET = 18
 ML_OPSET = 3
@@ -240,7 +240,7 @@ def check_fidelity(model_bytes: bytes, x: np.ndarray, expected: np.ndarray, tol:
     """Run the graph on ``x`` with onnxruntime and return max |ONNX - expected|; raise above ``tol``."""
     import onnxruntime as ort
 
-    from app.inference import run_batched
+    from app.core.model import run_batched
 
     got = run_batched(ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"]), x, batch)
     diff = float(np.max(np.abs(got - np.asarray(expected, dtype=np.float64).ravel()))) if len(x) else 0.0

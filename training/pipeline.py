@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from app import __version__
-from app.registry import Registry, model_name
-from app.schema import COLUMNS, FEATURE_NAMES, SPLIT_COLUMN, TARGET_NAMES
+from app.core.registry import Registry, model_name
+from app.core.schema import COLUMNS, FEATURE_NAMES, SPLIT_COLUMN, TARGET_NAMES
 from training import onnx_export as ox
 from training.estimators import MODEL_KINDS, PRESETS, FITTERS, Fitted, Preset
 from training.metrics import normalized, permutation_importance, regression_metrics

@@ -21,11 +21,11 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from app.clustering import compare_catalog, summary_table
-from app.figures import _pyplot, plot_clustering, property_label
-from app.inference import LoadedModel
-from app.registry import Registry, RegistryError
-from app.schema import FEATURE_NAMES, PAPER_PEARSON_R, POSITION_NAMES, TARGET_NAMES
+from app.science.clustering import compare_catalog, summary_table
+from app.science.figures import _pyplot, plot_clustering, property_label
+from app.core.model import LoadedModel
+from app.core.registry import Registry, RegistryError
+from app.core.schema import FEATURE_NAMES, PAPER_PEARSON_R, POSITION_NAMES, TARGET_NAMES
 from training.pipeline import TrainingError, data_fingerprint, split_indices
 
 MODEL_LABELS = {"ert": "ERT", "knn": "kNN", "lgbm": "LGBM", "nn": "NN", "stack": "Stack"}

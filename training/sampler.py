@@ -6,11 +6,11 @@ fixed halo properties, which the clustering of galaxy samples depends on, is los
 *draw* each galaxy from p(galaxy | halo), for the four properties jointly (colour and sSFR are
 correlated beyond what the halo explains).  The conditionals are far from Gaussian: sSFR and colour
 are bimodal (star-forming / quenched) and SFR = 0 galaxies sit in a spike drawn from N(-13.5, 0.5)
-(the paper's convention, ``app.schema.ZERO_SFR_LOG_SSFR``), so the model is a mixture density network
+(the paper's convention, ``app.core.schema.ZERO_SFR_LOG_SSFR``), so the model is a mixture density network
 (Bishop 1994): an MLP maps the standardized halo features to a K-component Gaussian mixture with full
 covariances over the standardized targets.
 
-Model.  Features (schema units, ``app.schema.FEATURE_NAMES`` order) are standardized with a given
+Model.  Features (schema units, ``app.core.schema.FEATURE_NAMES`` order) are standardized with a given
 mean/scale (e.g. the pipeline's training-split ``Scaler``) or with those of the training rows;
 targets with the training rows' mean and standard deviation.  The network outputs, per component,
 a logit, a mean [D] and a Cholesky factor L [D, D] (lower triangular; diagonal softplus(raw) + floor
@@ -28,7 +28,7 @@ log10 kpc/h, mag): ``weights`` [N, K] (summing to 1), ``means`` [N, K, D] and ``
 Keras weights rather than with Keras' float32 ``predict``, so that the ONNX graph
 (``sampler_graph``: ``halo_features`` double [N, 5] in raw units -> ``weights``, ``means``, ``chol``,
 all double) reproduces it to ~2e-15 (``check_sampler_fidelity``).  Draws, quantiles, CRPS and
-log-densities are computed from those three arrays by ``app.sampling`` (numpy only, reproducible per
+log-densities are computed from those three arrays by ``app.science.sampling`` (numpy only, reproducible per
 (seed, halo id)).  NLLs are reported in nats per galaxy in the targets' schema units.
 """
 
@@ -46,8 +46,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.base import BaseEstimator
 
-from app import sampling
-from app.schema import COLUMNS, FEATURE_NAMES, TARGET_NAMES
+from app.science import sampling
+from app.core.schema import COLUMNS, FEATURE_NAMES, TARGET_NAMES
 from training import onnx_export as ox
 
 Progress = Callable[[str], None]
@@ -312,11 +312,11 @@ class MixtureDensityNetwork(BaseEstimator):
         return -self.nll(X, Y)
 
     def sample(self, X, ids, seed: int) -> np.ndarray:
-        """One draw [N, D] per halo, reproducible per (``seed``, halo id) (``app.sampling.sample_mixture``)."""
+        """One draw [N, D] per halo, reproducible per (``seed``, halo id) (``app.science.sampling.sample_mixture``)."""
         return sampling.sample_mixture(*self.distribution(X), ids, seed)
 
     def quantiles(self, X, levels) -> np.ndarray:
-        """Marginal quantiles [N, D, len(levels)] per property (``app.sampling.mixture_quantiles``)."""
+        """Marginal quantiles [N, D, len(levels)] per property (``app.science.sampling.mixture_quantiles``)."""
         return sampling.mixture_quantiles(*self.distribution(X), levels)
 
 

@@ -3,7 +3,7 @@
 Reads the chunked ``fof_subhalo_tab_<snap>.<i>.hdf5`` files (``Header``, ``Group``, ``Subhalo``
 groups; TNG units: masses 1e10 Msun/h, lengths ckpc/h, velocities km/s, SFR Msun/yr,
 magnitudes in the bands U, B, V, K, g, r, i, z) and returns one row per central subhalo
-(``GroupFirstSub``) with the columns of ``app.schema``:
+(``GroupFirstSub``) with the columns of ``app.core.schema``:
 
 * ``M_h`` = log10(Group_M_Crit200 x 1e10) [Msun/h];
 * ``S_h`` = Bullock et al. (2001) lambda = |j| / (sqrt(2) V200 R200) with j = SubhaloSpin (specific
@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from app.catalogs import CatalogError, read_table
-from app.environment import delta3  # noqa: F401  (re-exported: ingestion computes Delta3_h with it)
-from app.schema import CUTS, ZERO_SFR_LOG_SSFR
+from app.core.catalogs import CatalogError, read_table
+from app.core.environment import delta3  # noqa: F401  (re-exported: ingestion computes Delta3_h with it)
+from app.core.schema import CUTS, ZERO_SFR_LOG_SSFR
 
 G_KPC_KMS2_MSUN = 4.30091727e-6  # gravitational constant [kpc (km/s)^2 / Msun]
 BAND_INDEX = {"U": 0, "B": 1, "V": 2, "K": 3, "g": 4, "r": 5, "i": 6, "z": 7}

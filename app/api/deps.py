@@ -17,10 +17,10 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.observability import Metrics
-from app.dataplane import ModelStore
-from app.jobs import JobRunner, JobStore
-from app.registry import Registry
-from app.settings import Settings
+from app.api.dataplane import ModelStore
+from app.api.jobs import JobRunner, JobStore
+from app.core.registry import Registry
+from app.core.settings import Settings
 
 Scope = Literal["submit", "admin"]
 

@@ -16,10 +16,10 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from app.api.observability import log
-from app.catalogs import CatalogError
-from app.dataplane import DataPlaneError
-from app.jobs import JobError
-from app.registry import ArtefactUnavailable, InvalidReference, ModelNotFound, RegistryConflict, RegistryError
+from app.core.catalogs import CatalogError
+from app.api.dataplane import DataPlaneError
+from app.api.jobs import JobError
+from app.core.registry import ArtefactUnavailable, InvalidReference, ModelNotFound, RegistryConflict, RegistryError
 
 
 class ErrorBody(BaseModel):

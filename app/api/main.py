@@ -19,11 +19,11 @@ from app.api.deps import Tokens
 from app.api.middleware import ServiceMiddleware
 from app.api.observability import Metrics, configure_logging, log
 from app.api.routes import health, jobs, models, predict, v2
-from app.dataplane import ModelStore
-from app.jobs import JobRunner, JobStore
-from app.registry import Registry
-from app.settings import Settings
-from app.tokens import load_or_create_token
+from app.api.dataplane import ModelStore
+from app.api.jobs import JobRunner, JobStore
+from app.core.registry import Registry
+from app.core.settings import Settings
+from app.core.tokens import load_or_create_token
 
 
 def tokens_for(settings: Settings) -> Tokens:

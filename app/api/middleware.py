@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.observability import REQUEST_ID, Metrics, log, request_id_from
-from app.settings import Settings
+from app.core.settings import Settings
 
 SMALL_BODY = 1 << 20  # every route that takes no catalog and no batch of halos
 MULTIPART_OVERHEAD = 1 << 20  # form fields and part headers around an uploaded file

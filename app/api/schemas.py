@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from app.schema import COLUMNS, FEATURE_NAMES
+from app.core.schema import COLUMNS, FEATURE_NAMES
 
 
 class Halo(BaseModel):

@@ -67,8 +67,8 @@ def stop_server(proc: subprocess.Popen) -> None:
 def trained_registry(tmp_path_factory):
     """Fast-preset smass and sSFR stacks on a small built-in catalog, and a data directory."""
     pytest.importorskip("lightgbm")
-    from app.catalogs import write_table
-    from app.registry import Registry
+    from app.core.catalogs import write_table
+    from app.core.registry import Registry
     from training.demo_catalog import make_demo_catalog
     from training.pipeline import TrainConfig, run_training
 

@@ -17,9 +17,9 @@ import httpx
 import numpy as np
 import pytest
 
-from app.catalogs import write_table
-from app.registry import Registry
-from app.schema import FEATURE_NAMES
+from app.core.catalogs import write_table
+from app.core.registry import Registry
+from app.core.schema import FEATURE_NAMES
 
 from .conftest import SUBMIT_TOKEN, TOKEN, start_server, stop_server, wait_job
 

@@ -12,11 +12,11 @@ import pytest
 
 pytest.importorskip("lightgbm")
 
-from app.catalogs import read_table, write_table  # noqa: E402
-from app.inference import StackPredictor  # noqa: E402
-from app.jobs import JobStore  # noqa: E402
-from app.registry import Registry  # noqa: E402
-from app.schema import FEATURE_NAMES  # noqa: E402
+from app.core.catalogs import read_table, write_table  # noqa: E402
+from app.core.model import StackPredictor  # noqa: E402
+from app.api.jobs import JobStore  # noqa: E402
+from app.core.registry import Registry  # noqa: E402
+from app.core.schema import FEATURE_NAMES  # noqa: E402
 from training.demo_catalog import make_demo_catalog  # noqa: E402
 
 from .conftest import TOKEN, start_server, stop_server, wait_job  # noqa: E402
@@ -249,7 +249,7 @@ def test_tampered_model_keeps_the_server_unready(tmp_path, trained_registry):
 def test_model_store_sees_alias_moves_from_other_connections(trained_registry, tmp_path):
     import shutil
 
-    from app.dataplane import ModelStore
+    from app.api.dataplane import ModelStore
 
     root, _ = trained_registry
     shutil.copytree(root / "models", tmp_path / "models")

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from app.api.errors import responses
-from app.jobs import STATUSES
+from app.api.jobs import STATUSES
 
 router = APIRouter(tags=["health"])
 

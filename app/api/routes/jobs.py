@@ -22,11 +22,11 @@ from app.api.deps import JobsDep, RunnerDep, SettingsDep, StoreDep, SubmitDep
 from app.api.errors import responses
 from app.api.observability import audit
 from app.api.schemas import JobInfo, JobPage, PkJobRequest
-from app.catalog_inspect import inspect_catalog_isolated
-from app.catalogs import CatalogError, detect_format
-from app.dataplane import PATHS, DataPlaneError, serving_versions
-from app.jobs import FINAL, STATUSES, JobError, job_dir
-from app.schema import TARGET_NAMES
+from app.core.catalog_inspect import inspect_catalog_isolated
+from app.core.catalogs import CatalogError, detect_format
+from app.api.dataplane import PATHS, DataPlaneError, serving_versions
+from app.api.jobs import FINAL, STATUSES, JobError, job_dir
+from app.core.schema import TARGET_NAMES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

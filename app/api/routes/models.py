@@ -10,8 +10,8 @@ from app.api.deps import AdminDep, RegistryDep
 from app.api.errors import responses
 from app.api.observability import audit
 from app.api.schemas import AliasMoved, AliasRequest
-from app.registry import ArtefactUnavailable, ModelNotFound
-from app.schema import describe
+from app.core.registry import ArtefactUnavailable, ModelNotFound
+from app.core.schema import describe
 
 router = APIRouter(prefix="/v1/models", tags=["registry"])
 

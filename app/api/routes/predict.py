@@ -6,11 +6,11 @@ import numpy as np
 from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 
-from app import dataplane
+from app.api import dataplane
 from app.api.deps import MetricsDep, SettingsDep, StoreDep
 from app.api.errors import responses
 from app.api.schemas import PredictRequest, PredictResponse
-from app.schema import COLUMNS, FEATURE_NAMES, describe
+from app.core.schema import COLUMNS, FEATURE_NAMES, describe
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 

@@ -19,8 +19,8 @@ from app.api.errors import responses
 from app.api.routes.health import readiness
 from app.api.schemas import (MAX_VERSION, InferenceRequest, InferenceResponse, ModelMetadata, TensorIn, TensorMeta,
                              TensorOut)
-from app.dataplane import check_features, check_outputs
-from app.schema import FEATURE_NAMES
+from app.api.dataplane import check_features, check_outputs
+from app.core.schema import FEATURE_NAMES
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], responses=responses(404, v2=True))
 

@@ -7,8 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
-from app.clustering import BinComparison
-from app.schema import COLUMNS
+from app.science.clustering import BinComparison
+from app.core.schema import COLUMNS
 
 LABELS = {"smass": r"$\log_{10} M_\star\,[M_\odot/h]$", "sSFR": r"$\log_{10}\,\mathrm{sSFR}\,[h/\mathrm{yr}]$",
           "radius": r"$\log_{10} R_{1/2}\,[\mathrm{kpc}/h]$", "color": r"$g-i$ [mag]"}

@@ -18,12 +18,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from app import __version__
-from app.catalog_stream import ChunkReader, ChunkWriter
-from app.catalogs import CatalogError
-from app.environment import delta3_slabs
-from app.inference import LoadedModel, StackPredictor
-from app.registry import Registry
-from app.schema import FEATURE_NAMES, POSITION_NAMES
+from app.core.catalog_stream import ChunkReader, ChunkWriter
+from app.core.catalogs import CatalogError
+from app.core.environment import delta3_slabs
+from app.core.model import LoadedModel, StackPredictor
+from app.core.registry import Registry
+from app.core.schema import FEATURE_NAMES, POSITION_NAMES
 
 _WORKER_MODELS: dict[tuple, dict[str, LoadedModel]] = {}
 
@@ -47,7 +47,7 @@ class _PinnedStack:
 def _paint_part(catalog: str, columns: str | None, start: int, stop: int, registry_root: str,
                 pinned: list[tuple[str, str, int]], path: str, part_file: str, delta3: np.ndarray | None,
                 meta: dict) -> int:
-    from app.painting import paint_frame
+    from app.painting.local import paint_frame
 
     with ChunkReader(catalog, columns) as reader:
         df = reader.read_rows(start, stop)

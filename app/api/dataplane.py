@@ -17,9 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
-from app.inference import LoadedModel, is_reference, model_choice
-from app.registry import DB_NAME, ModelNotFound, ModelVersion, Registry, RegistryError
-from app.schema import COLUMNS, FEATURE_NAMES, TARGET_NAMES
+from app.core.model import LoadedModel, is_reference, model_choice
+from app.core.registry import DB_NAME, ModelNotFound, ModelVersion, Registry, RegistryError
+from app.core.schema import COLUMNS, FEATURE_NAMES, TARGET_NAMES
 
 PATHS = ("raw", "smogn")
 SERVING_ALIAS = "production"

@@ -16,7 +16,7 @@ import os
 import secrets
 from pathlib import Path
 
-from app.settings import TOKEN_FILE
+from app.core.settings import TOKEN_FILE
 
 
 def token_path(data_dir: str | os.PathLike[str]) -> Path:

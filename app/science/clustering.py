@@ -19,8 +19,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from app.power_spectrum import PowerSpectrum, default_k_edges, gaussian_error, power_spectrum
-from app.schema import PAPER_BIN_EDGES, POSITION_NAMES, TARGET_NAMES
+from app.science.power_spectrum import PowerSpectrum, default_k_edges, gaussian_error, power_spectrum
+from app.core.schema import PAPER_BIN_EDGES, POSITION_NAMES, TARGET_NAMES
 
 PRED_SUFFIX = "_pred"
 

@@ -62,7 +62,7 @@ from sqlalchemy import (JSON, DateTime, Float, String, Text, and_, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 if TYPE_CHECKING:  # pragma: no cover
-    from app.settings import Settings
+    from app.core.settings import Settings
 
 log = logging.getLogger("galaxypaint.jobs")
 
@@ -479,7 +479,7 @@ def job_dir(data_dir: str | Path, job_id: str) -> Path:
 
 
 def _default_limits() -> dict[str, int]:
-    from app.settings import Settings
+    from app.core.settings import Settings
 
     return {name: Settings.model_fields[name].default for name in ("max_upload_bytes", "max_pk_nmesh")}
 
@@ -551,19 +551,19 @@ def _clean(work: Path, keep_inputs: bool) -> None:
 
 
 def _catalog_inspector() -> Callable[[str, int], dict] | None:
-    """``app.catalog_inspect.inspect_catalog`` when that module exists (a broken one still raises)."""
+    """``app.core.catalog_inspect.inspect_catalog`` when that module exists (a broken one still raises)."""
     try:
-        from app.catalog_inspect import inspect_catalog
+        from app.core.catalog_inspect import inspect_catalog
     except ModuleNotFoundError as exc:
-        if exc.name != "app.catalog_inspect":
+        if exc.name != "app.core.catalog_inspect":
             raise
         return None
     return inspect_catalog
 
 
 def _run_paint(params: dict, ctx: JobContext) -> dict:
-    from app.painting import paint_file
-    from app.registry import Registry
+    from app.painting.local import paint_file
+    from app.core.registry import Registry
 
     inspect = _catalog_inspector()
     if inspect is not None:  # refuses oversized (decompressed) or malformed catalogs before any model loads
@@ -587,10 +587,10 @@ def _run_pk(params: dict, ctx: JobContext) -> dict:
 
     import numpy as np
 
-    from app.catalogs import load_catalog
-    from app.clustering import bin_edges, compare_catalog, long_table, summary_table
-    from app.figures import plot_clustering
-    from app.schema import POSITION_NAMES
+    from app.core.catalogs import load_catalog
+    from app.science.clustering import bin_edges, compare_catalog, long_table, summary_table
+    from app.science.figures import plot_clustering
+    from app.core.schema import POSITION_NAMES
 
     work = ctx.work
     df, _ = load_catalog(params["input"], require=list(POSITION_NAMES), mapping=params.get("columns"),

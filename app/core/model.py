@@ -13,9 +13,9 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from app.registry import (InvalidReference, ModelNotFound, ModelVersion, Registry, check_alias, parse_reference,
+from app.core.registry import (InvalidReference, ModelNotFound, ModelVersion, Registry, check_alias, parse_reference,
                           parse_version)
-from app.schema import FEATURE_NAMES, TARGET_NAMES
+from app.core.schema import FEATURE_NAMES, TARGET_NAMES
 
 INPUT_NAME = "halo_features"
 

@@ -17,12 +17,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from app import __version__
-from app.catalog_stream import ChunkReader, ChunkWriter
-from app.catalogs import CatalogError, detect_format, validate
-from app.environment import delta3_slabs
-from app.inference import StackPredictor
-from app.registry import Registry
-from app.schema import FEATURE_NAMES, POSITION_NAMES
+from app.core.catalog_stream import ChunkReader, ChunkWriter
+from app.core.catalogs import CatalogError, detect_format, validate
+from app.core.environment import delta3_slabs
+from app.core.model import StackPredictor
+from app.core.registry import Registry
+from app.core.schema import FEATURE_NAMES, POSITION_NAMES
 
 Progress = Callable[[int, int], None]
 DEFAULT_CHUNK_ROWS = 1 << 18

@@ -5,7 +5,7 @@
 to a temporary file (Parquet row groups, resizable HDF5 datasets, CSV) and renames it into place
 only on ``commit()`` — an exception inside ``with ChunkWriter(...)`` leaves no output.
 
-HDF5 tables are found through ``app.catalog_inspect.find_hdf5_table``, so a client's file cannot
+HDF5 tables are found through ``app.core.catalog_inspect.find_hdf5_table``, so a client's file cannot
 make the reader return another file's bytes; ``max_bytes`` bounds the decompressed size (checked
 from metadata, or while counting a gzip'ed CSV's rows) before any chunk is read.
 """
@@ -21,9 +21,9 @@ from typing import Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-from app.catalog_inspect import (check_decoded_size, find_hdf5_table, hdf5_decoded_bytes, is_gzip,
+from app.core.catalog_inspect import (check_decoded_size, find_hdf5_table, hdf5_decoded_bytes, is_gzip,
                                  parquet_decoded_bytes, scan_csv)
-from app.catalogs import METADATA_KEY, CatalogError, _fsync_dir, canonicalize, detect_format, parse_column_mapping
+from app.core.catalogs import METADATA_KEY, CatalogError, _fsync_dir, canonicalize, detect_format, parse_column_mapping
 
 
 class ChunkReader:

@@ -1,6 +1,6 @@
 """The one definition of the halo/galaxy table used everywhere in galaxypaint.
 
-Readers (``app.catalogs``), training, the API models and the docs all take column names,
+Readers (``app.core.catalogs``), training, the API models and the docs all take column names,
 units, descriptions, valid ranges and aliases from here.  Conventions follow de Santi et
 al. 2022 (arXiv:2201.06054) and the published TNG300 tables: masses in log10 Msun/h,
 lengths in Mpc/h (positions) or kpc/h (galaxy sizes), specific SFR in log10 h/yr.

@@ -1,13 +1,13 @@
 """Reading, validating and writing halo/galaxy tables (CSV, Parquet, HDF5).
 
-Column names are mapped onto the schema in ``app.schema`` (aliases, case-insensitive, plus an
+Column names are mapped onto the schema in ``app.core.schema`` (aliases, case-insensitive, plus an
 explicit ``canonical=source`` mapping).  Every problem raises :class:`CatalogError` with one
 readable sentence naming the column and rows.  Writes are atomic: a temporary file in the
 destination directory is fsynced and renamed, so a failure never leaves a partial table.
 
 HDF5 layout written and read here: one 1-D dataset per column in a group (default: the file
 root), metadata as attributes of that group.  This is readable by h5py, and by slices, so large
-tables can be streamed.  HDF5 tables are found and checked by ``app.catalog_inspect`` (only data
+tables can be streamed.  HDF5 tables are found and checked by ``app.core.catalog_inspect`` (only data
 stored inside the file itself is read); ``inspect_catalog`` there also bounds decompressed sizes.
 """
 
@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from app.schema import COLUMNS, FEATURE_NAMES, SPLIT_COLUMN, SPLIT_VALUES, canonical_name
+from app.core.schema import COLUMNS, FEATURE_NAMES, SPLIT_COLUMN, SPLIT_VALUES, canonical_name
 
 Format = Literal["csv", "parquet", "hdf5"]
 RangePolicy = Literal["error", "warn", "ignore"]
@@ -180,7 +180,7 @@ def _read_hdf5(path: Path, key: str | None) -> tuple[pd.DataFrame, dict[str, obj
 
     # Imported here: catalog_inspect imports this module.  Its checks keep an uploaded file from
     # making us read other files (external links/storage, virtual datasets).
-    from app.catalog_inspect import find_hdf5_table
+    from app.core.catalog_inspect import find_hdf5_table
 
     with h5py.File(path, "r") as f:
         group, datasets = find_hdf5_table(f, path, key)

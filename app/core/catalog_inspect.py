@@ -15,7 +15,7 @@ exhausting the server's memory.  So:
   refuses it beyond a limit.
 * HDF5 is a C library: a malicious file may crash it (a segfault takes the whole process with it).
   :func:`inspect_catalog_isolated` therefore runs the inspection in a subprocess
-  (``python -m app.catalog_inspect PATH --max-bytes N``) so a server survives such a file, and
+  (``python -m app.core.catalog_inspect PATH --max-bytes N``) so a server survives such a file, and
   turns every outcome into a :class:`CatalogError` with one readable sentence.
 """
 
@@ -32,7 +32,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
-from app.catalogs import CatalogError, detect_format
+from app.core.catalogs import CatalogError, detect_format
 
 # Filter ids registered by HDF5 itself (H5Zpublic.h) and lzf, which h5py registers in-process.
 # Any other id would be resolved by loading a plugin library: code chosen by the file.
@@ -262,7 +262,7 @@ def inspect_catalog(path: str | os.PathLike[str], max_bytes: int) -> dict[str, A
 
 def _inspector_command(path: Path, max_bytes: int) -> list[str]:
     # An absolute path: the child runs in another directory, and it cannot be taken for an option.
-    return [sys.executable, "-m", "app.catalog_inspect", os.path.abspath(path), "--max-bytes", str(max_bytes)]
+    return [sys.executable, "-m", "app.core.catalog_inspect", os.path.abspath(path), "--max-bytes", str(max_bytes)]
 
 
 def inspect_catalog_isolated(path: str | os.PathLike[str], max_bytes: int, timeout: float = 120.0) -> dict[str, Any]:
@@ -301,7 +301,7 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.catalog_inspect",
+    parser = argparse.ArgumentParser(prog="python -m app.core.catalog_inspect",
                                      description="Check an untrusted catalog file; print a JSON summary.")
     parser.add_argument("path", help="CSV (.csv, .csv.gz), Parquet or HDF5 catalog")
     parser.add_argument("--max-bytes", type=_positive_int, required=True,

@@ -1,0 +1,1 @@
+"""The science: power spectra, clustering comparisons, figures.  Pure functions on arrays."""
