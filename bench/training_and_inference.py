@@ -60,16 +60,16 @@ def main() -> None:
     rows = []
     for target in cfg.targets:
         t0 = time.perf_counter()
-        res = train_target(df, split, target, "raw", cfg, PRESETS[args.preset], lambda m: None, keep_models=True)
+        res = train_target(df, split, target, "raw", cfg, PRESETS[args.preset], lambda m: None)
         elapsed = time.perf_counter() - t0
         total += elapsed
         print(f"{target}: trained, measured and exported in {elapsed:.1f} s "
-              f"(stack r={res['stack']['pearson_r']:.4f}, best single "
-              f"{max(m['pearson_r'] for m in res['models'].values()):.4f})", flush=True)
-        native = res["native"]
-        scaler = native["scaler"]
-        fitted = native["fitted"]
-        for kind, (data, max_batch) in res["graphs"].items():
+              f"(stack r={res.scores['stack'].metrics['pearson_r']:.4f}, best single "
+              f"{max(res.scores[k].metrics['pearson_r'] for k in res.models):.4f})", flush=True)
+        scaler = res.scaler
+        fitted = {k: sel.estimator for k, sel in res.models.items()}
+        for kind, graph in res.graphs.items():
+            data, max_batch = graph.data, graph.max_batch_rows
             opts = ort.SessionOptions()
             sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
@@ -79,15 +79,14 @@ def main() -> None:
             if kind == "stack":
                 def native_fn(x):
                     z = scaler.transform(x)
-                    return native["stack"].predict(np.column_stack([fitted[k].predict(z) for k in fitted]))
+                    return res.stack.model.predict(np.column_stack([fitted[k].predict(z) for k in fitted]))
             else:
                 def native_fn(x, _f=fitted[kind]):
                     return _f.predict(scaler.transform(x))
             t_onnx = _time_batch(onnx_fn, x_batch)
             t_nat = _time_batch(native_fn, x_batch)
-            m = res["stack"] if kind == "stack" else res["models"][kind]
             rows.append((target, kind, len(x_batch) / t_nat, len(x_batch) / t_onnx, _single_ms(native_fn, x_batch),
-                         _single_ms(onnx_fn, x_batch), len(data) / 1e6, m["onnx_max_abs_diff"]))
+                         _single_ms(onnx_fn, x_batch), len(data) / 1e6, graph.onnx_max_abs_diff))
     print(f"\nwhole raw path, {len(cfg.targets)} targets, n={len(df):,}, preset {args.preset}: {total:.0f} s "
           f"({total / 60:.1f} min)\n")
     print(f"{'target':7s} {'model':6s} {'native/s':>10s} {'onnx/s':>10s} {'ratio':>6s} {'native ms':>10s} "

@@ -167,3 +167,53 @@ def test_fidelity_check_refuses_a_wrong_graph(data):
     assert ox.check_fidelity(data_bytes, xe, xe.sum(1)) < 1e-12
     with pytest.raises(ox.FidelityError, match="differ by up to"):
         ox.check_fidelity(data_bytes, xe, xe.sum(1) + 1e-3)
+
+
+# ----------------------------------------------------------------------------- one converter per learner
+
+
+def _fitted_learner(kind, xt, yt, xv, yv):
+    from training.estimators import LEARNERS
+
+    if kind == "nn":
+        pytest.importorskip("keras")
+    params = {"ert": {"n_estimators": 20, "min_samples_leaf": 5, "random_state": 0},
+              "knn": {"n_neighbors": 29, "p": 1},
+              "lgbm": {"learning_rate": 0.1, "num_leaves": 63, "n_estimators": 200, "random_state": 0},
+              "nn": {"hidden_layer_sizes": (32, 32), "max_epochs": 5, "batch_size": 128, "random_state": 0}}[kind]
+    est = LEARNERS[kind](**params)
+    return est.fit(xt, yt, eval_set=(xv, yv)) if kind in ("lgbm", "nn") else est.fit(xt, yt)
+
+
+@pytest.mark.parametrize("kind", ["ert", "knn", "lgbm", "nn"])
+def test_each_learners_converter_reproduces_it(data, kind):
+    """``to_onnx`` finds the converter by the estimator's class; its graph passes the fidelity check
+    against ``predict`` (trees also on split thresholds and one ulp either side, kNN far outside)."""
+    from training.estimators import LEARNERS
+
+    xt, yt, xe, ye = data
+    est = _fitted_learner(kind, xt, yt, xe[:1000], ye[:1000])
+    assert type(est) in ox.CONVERTERS and set(LEARNERS.values()) <= set(ox.CONVERTERS)
+    nodes, inits = ox.to_onnx(est, ox.INPUT_NAME, ox.OUTPUT_NAME, f"{kind}_")
+    graph = ox.make_model(nodes, inits, kind).SerializeToString()
+    probes = xe
+    if kind == "ert":
+        probes = np.vstack([xe, _threshold_probes(ox.sklearn_trees(est.model_))])
+    elif kind == "lgbm":
+        probes = np.vstack([xe, _threshold_probes(ox.lightgbm_trees(est.booster_))])
+    elif kind == "knn":
+        probes = np.vstack([xe, 6 * xe[:50], xe[:50] + 40.0])
+    tol = {"ert": 1e-5, "knn": 1e-12, "lgbm": 1e-5, "nn": 1e-4}[kind]  # nn: Keras predicts in float32
+    assert ox.check_fidelity(graph, probes, est.predict(probes), tol=tol) <= tol
+
+
+def test_to_onnx_refuses_what_it_cannot_write(data):
+    from sklearn.linear_model import LinearRegression
+
+    from training.estimators import KNNRegressor
+
+    xt, yt, _, _ = data
+    with pytest.raises(TypeError, match="no ONNX converter for LinearRegression"):
+        ox.to_onnx(LinearRegression().fit(xt, yt), ox.INPUT_NAME, ox.OUTPUT_NAME, "x_")
+    with pytest.raises(ValueError, match="weights='distance'"):
+        ox.to_onnx(KNNRegressor(5, weights="distance").fit(xt, yt), ox.INPUT_NAME, ox.OUTPUT_NAME, "k_")

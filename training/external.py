@@ -71,7 +71,7 @@ def import_lightgbm(path: str | Path, target: str, mean: np.ndarray, std: np.nda
         diff = ox.check_fidelity(data, x, expected, tol=FIDELITY_TOL)
     except ox.FidelityError as exc:
         raise TrainingError(f"{p.name}: {exc}; not registered") from exc
-    mv = registry.publish(name, data, target=target, path="raw", kind="external-lgbm",
+    mv = registry.publish(name, data, target=target, variant="raw", kind="external-lgbm",
                           metrics={"onnx_max_abs_diff": diff, "n_checked": len(x)},
                           hyperparameters={"n_trees": booster.num_trees(), "mean": mean.tolist(), "std": std.tolist()},
                           package_versions=package_versions(), feature_schema=list(FEATURE_NAMES),

@@ -15,11 +15,15 @@ to reproduce that exactly.  skl2onnx's kNN graph is brute force in float32 (wron
 k-d-tree cells.
 The MLP is a chain of MatMul/Add/Relu built from the Keras weights (no tf2onnx needed).
 
+``to_onnx(estimator, inp, out, prefix) -> (nodes, initializers)`` dispatches on the estimator's class
+(``training.estimators``): one converter per learner, registered with ``@to_onnx.register(Class)``.
+
 Models never leave this process as pickles: the ONNX bytes are the artefacts.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +32,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from app.core.schema import FEATURE_NAMES
+from training.estimators import ERTRegressor, KerasMLPRegressor, KNNRegressor, LightGBMRegressor
 
 OPSET = 18
 ML_OPSET = 3
@@ -233,6 +238,45 @@ def linear_nodes(coef: np.ndarray, intercept: float, inputs: Sequence[str], out:
              helper.make_node("MatMul", [f"{prefix}features", f"{prefix}coef"], [f"{prefix}mm"]),
              helper.make_node("Add", [f"{prefix}mm", f"{prefix}intercept"], [out])]
     return nodes, inits
+
+
+# ----------------------------------------------------------------------------- one converter per learner
+
+
+@functools.singledispatch
+def to_onnx(estimator, inp: str, out: str, prefix: str) -> tuple[list, list]:
+    """Nodes and initializers computing ``estimator.predict`` of ``inp`` (double [N, d], the features the
+    estimator was fitted on) into ``out`` (double [N, 1]); names are prefixed with ``prefix``."""
+    raise TypeError(f"no ONNX converter for {type(estimator).__name__}")
+
+
+#: estimator class -> converter (``to_onnx.register`` adds one)
+CONVERTERS = to_onnx.registry
+
+
+@to_onnx.register(ERTRegressor)
+def _ert(est: ERTRegressor, inp: str, out: str, prefix: str) -> tuple[list, list]:
+    return tree_ensemble_nodes(sklearn_trees(est.model_), inp, out, average=True, prefix=prefix, float32_inputs=True)
+
+
+@to_onnx.register(KNNRegressor)
+def _knn(est: KNNRegressor, inp: str, out: str, prefix: str) -> tuple[list, list]:
+    from training import knn_onnx  # it builds on this module
+
+    if est.weights != "uniform":
+        raise ValueError(f"the kNN graph averages uniformly, not with weights={est.weights!r}")
+    return knn_onnx.knn_nodes(est.X_fit_, est.y_fit_, est.n_neighbors, est.p, inp, out, prefix)
+
+
+@to_onnx.register(LightGBMRegressor)
+def _lgbm(est: LightGBMRegressor, inp: str, out: str, prefix: str) -> tuple[list, list]:
+    return tree_ensemble_nodes(lightgbm_trees(est.booster_), inp, out, average=False, prefix=prefix,
+                               float32_inputs=False)
+
+
+@to_onnx.register(KerasMLPRegressor)
+def _mlp(est: KerasMLPRegressor, inp: str, out: str, prefix: str) -> tuple[list, list]:
+    return mlp_nodes(est.weights_, inp, out, prefix, activation={"relu": "Relu"}[est.activation])
 
 
 def check_fidelity(model_bytes: bytes, x: np.ndarray, expected: np.ndarray, tol: float = 1e-4,

@@ -6,13 +6,17 @@ One run = one table, one seed, one preset.  For each target and path the run
 1. standardizes the 5 halo features (StandardScaler fitted on the training split);
 2. fits ERT, kNN, LightGBM and the NN, each chosen on the validation split (``training.estimators``);
 3. fits the stack, a LinearRegression on the four models' validation-set predictions (the real
-   validation rows, also on the smogn path: see ``train_target``);
+   validation rows, also on the smogn path: see ``stack_rows``);
 4. measures every model and the stack on the untouched test split (Pearson r, MSE, K-S D,
    permutation importance: halo features for the models, model outputs for the stack);
 5. writes one ONNX graph per model and one fused graph (scaler + 4 models + stacker) and checks each
    against the native predictions on the whole test split (|diff| <= 1e-4, else nothing is registered);
 6. publishes the graphs with their metrics, hyperparameters, seed, data fingerprint, package versions
    and training domain, and records the run.
+
+``train_target`` runs steps 0-5 for one (target, path) as ``prepare_data`` -> ``fit_models`` ->
+``fit_stack`` -> ``evaluate`` -> ``export``, and returns a ``TargetResult``; ``TargetResult.summary()``
+is the run summary's (and the registry records') dict for it.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from app import __version__
 from app.core.registry import Registry, model_name
 from app.core.schema import COLUMNS, FEATURE_NAMES, SPLIT_COLUMN, TARGET_NAMES
 from training import onnx_export as ox
-from training.estimators import MODEL_KINDS, PRESETS, FITTERS, Fitted, Preset
+from training.estimators import MODEL_KINDS, PRESETS, Preset, Selection, fit_learner
 from training.metrics import normalized, permutation_importance, regression_metrics
 from training.smogn import paper_sampler as smogn_sampler
 
@@ -161,18 +165,122 @@ def build_graph(target: str, path: str, kind: str, scaler: Scaler, parts: list[t
     return model.SerializeToString()
 
 
-def _stack_fit(val_preds: np.ndarray, y_val: np.ndarray):
-    from sklearn.linear_model import LinearRegression
+# ----------------------------------------------------------------------------- one (target, path), step by step
+#
+# train_target = prepare_data -> fit_models -> fit_stack -> evaluate -> export, each a function of the
+# previous steps' typed outputs; TargetResult.summary() is the one place they become the run summary's dict.
 
-    return LinearRegression().fit(val_preds, y_val)
+
+@dataclass
+class TargetData:
+    """The rows of one (target, path), raw (schema units) and standardized (``z_*``, with ``scaler``).
+
+    On the smogn path the training and validation rows are augmented; ``*_val_real`` are the
+    validation rows as they are; the test rows are never augmented."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_val_real: np.ndarray
+    y_val_real: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    scaler: Scaler
+    smogn: dict[str, Any] | None = None
+    z_train: np.ndarray = field(init=False, repr=False)
+    z_val: np.ndarray = field(init=False, repr=False)
+    z_val_real: np.ndarray = field(init=False, repr=False)
+    z_test: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.z_train, self.z_val, self.z_val_real, self.z_test = (
+            self.scaler.transform(a) for a in (self.x_train, self.x_val, self.x_val_real, self.x_test))
 
 
-def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, path: str, cfg: TrainConfig,
-                 preset: Preset, progress: Progress, keep_models: bool = False) -> dict[str, Any]:
-    """Fit, measure and export one (target, path); returns metrics and the ONNX graphs (not yet registered).
+@dataclass
+class Stack:
+    """The stacking LinearRegression on the components' predictions (in ``components`` order)."""
 
-    ``keep_models`` also returns the native models (``fitted``, ``stack_model``, ``scaler``) for benchmarks.
-    """
+    model: Any
+    components: tuple[str, ...]
+    fit_on: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"coef": dict(zip(self.components, self.model.coef_.tolist())),
+                "intercept": float(self.model.intercept_), "fit_on": self.fit_on}
+
+
+@dataclass
+class Scores:
+    """Test-set predictions, metrics (Pearson r, MSE, K-S D) and permutation importance of one model or
+    of the stack; ``names`` are what the importances are of (halo features, or the stack's components)."""
+
+    predictions: np.ndarray
+    metrics: dict[str, float]
+    names: tuple[str, ...]
+    importance: np.ndarray
+    importance_std: np.ndarray
+    importance_normalized: np.ndarray
+
+    def importance_dict(self) -> dict[str, dict[str, float]]:
+        return {"importance": dict(zip(self.names, self.importance.tolist())),
+                "importance_std": dict(zip(self.names, self.importance_std.tolist())),
+                "importance_normalized": dict(zip(self.names, self.importance_normalized.tolist()))}
+
+
+@dataclass
+class Graph:
+    """A serialized ONNX graph on raw features, checked against its native model on the test split."""
+
+    data: bytes
+    max_batch_rows: int
+    onnx_max_abs_diff: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"onnx_max_abs_diff": self.onnx_max_abs_diff, "onnx_bytes": len(self.data)}
+
+
+@dataclass
+class TargetResult:
+    """Everything one (target, path) produced: fitted models, stack, scores and graphs (not yet registered)."""
+
+    target: str
+    path: str
+    models: dict[str, Selection]
+    stack: Stack
+    scores: dict[str, Scores]  # per model kind, and "stack"
+    graphs: dict[str, Graph]  # per model kind, and "stack" (the fused graph)
+    training_domain: dict[str, dict[str, float]]
+    scaler: Scaler
+    smogn: dict[str, Any] | None
+    n_train: int
+    n_val: int
+    n_test: int
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """This result as the run summary's ``results[target][path]`` (what the registry records, the
+        CLI's table and metrics file and the report read)."""
+        out: dict[str, Any] = {"models": {}, "n_train": self.n_train, "n_val": self.n_val, "n_test": self.n_test}
+        for kind, sel in self.models.items():
+            s = self.scores[kind]
+            out["models"][kind] = {**s.metrics, **s.importance_dict(),
+                                   "hyperparameters": sel.estimator.hyperparameters(), "search": sel.search,
+                                   "fit_seconds": sel.fit_seconds, **self.graphs[kind].as_dict()}
+        if self.smogn:
+            out["smogn"] = self.smogn
+        s = self.scores["stack"]
+        out["stack"] = {**s.metrics, **self.stack.as_dict(), **s.importance_dict(), **self.graphs["stack"].as_dict()}
+        out["training_domain"] = self.training_domain
+        out["scaler"] = {"mean": self.scaler.mean.tolist(), "scale": self.scaler.scale.tolist()}
+        out["seconds"] = self.seconds
+        return out
+
+
+def prepare_data(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, path: str, cfg: TrainConfig,
+                 progress: Progress) -> TargetData:
+    """The split's rows for ``target`` (SMOGN-augmented on the smogn path) and the scaler fitted on the training rows."""
     x = df[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
     y = df[target].to_numpy(dtype=np.float64)
     tr, va, te = split["train"], split["val"], split["test"]
@@ -180,80 +288,109 @@ def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, pa
     augmentation = None
     if path == "smogn":
         x_tr, y_tr, x_va, y_va, augmentation = _augment(target, cfg, x_tr, y_tr, x_va, y_va, progress)
-    scaler = Scaler.fit(x_tr)
-    xt, xv, xe = scaler.transform(x_tr), scaler.transform(x_va), scaler.transform(x[te])
-    yt, yv, ye = y_tr, y_va, y[te]
+    return TargetData(x_tr, y_tr, x_va, y_va, x[va], y[va], x[te], y[te], Scaler.fit(x_tr), augmentation)
 
-    fitted: dict[str, Fitted] = {}
-    for kind in cfg.models:
+
+def fit_models(data: TargetData, kinds: tuple[str, ...], preset: Preset, seed: int,
+               progress: Progress) -> dict[str, Selection]:
+    """Each kind's preset candidates fitted on the (scaled) training rows and chosen on the validation rows."""
+    models: dict[str, Selection] = {}
+    for kind in kinds:
         t0 = time.perf_counter()
-        progress(f"[{target}/{path}] fitting {kind}")
-        fitted[kind] = FITTERS[kind](xt, yt, xv, yv, preset, cfg.seed, lambda m, _k=kind: progress(f"[{target}/{path}] {m}"))
-        progress(f"[{target}/{path}] {kind} done in {time.perf_counter() - t0:.1f} s")
+        progress(f"fitting {kind}")
+        models[kind] = fit_learner(kind, preset, data.z_train, data.y_train, data.z_val, data.y_val, seed, progress)
+        progress(f"{kind} done in {time.perf_counter() - t0:.1f} s")
+    return models
 
-    progress(f"[{target}/{path}] test-set metrics and permutation importance")
-    # the stack combines the models for the real distribution: by default it is fit on the validation
-    # rows as they are, also on the smogn path (the models were trained and chosen on augmented splits;
-    # fitting the stack on synthetic rows weights them for a distribution the test set does not have,
-    # which left it below the best single model for sSFR and colour); ``smogn_stack_rows="augmented"``
-    # fits it on the augmented validation split instead, as a literal reading of the paper
+
+def stack_rows(data: TargetData, path: str, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, str]:
+    """The (scaled) rows the stack is fit on, and how to describe them.
+
+    The stack combines the models for the real distribution: by default it is fit on the validation
+    rows as they are, also on the smogn path (the models were trained and chosen on augmented splits;
+    fitting the stack on synthetic rows weights them for a distribution the test set does not have,
+    which left it below the best single model for sSFR and colour); ``smogn_stack_rows="augmented"``
+    fits it on the augmented validation split instead, as a literal reading of the paper.
+    """
     if path == "smogn" and cfg.smogn_stack_rows == "augmented":
-        xv_stack, yv_stack, stack_rows = xv, yv, "augmented validation rows"
-    else:
-        xv_stack, yv_stack, stack_rows = scaler.transform(x[va]), y[va], "validation rows (never augmented)"
-    val_preds = np.column_stack([fitted[k].predict(xv_stack) for k in cfg.models])
-    test_preds = np.column_stack([fitted[k].predict(xe) for k in cfg.models])
-    stack = _stack_fit(val_preds, yv_stack)
-    stack_test = stack.predict(test_preds)
+        return data.z_val, data.y_val, "augmented validation rows"
+    return data.z_val_real, data.y_val_real, "validation rows (never augmented)"
 
-    rng = np.random.default_rng(cfg.seed)
-    sub = np.sort(rng.choice(len(te), size=min(preset.importance_rows, len(te)), replace=False))
-    result: dict[str, Any] = {"models": {}, "n_train": len(yt), "n_val": len(yv), "n_test": len(te)}
-    if augmentation:
-        result["smogn"] = augmentation
-    for j, kind in enumerate(cfg.models):
-        f = fitted[kind]
-        imp, imp_std = permutation_importance(f.predict, xe[sub], ye[sub], preset.importance_repeats, cfg.seed)
-        result["models"][kind] = {**regression_metrics(test_preds[:, j], ye),
-                                  "importance": dict(zip(FEATURE_NAMES, imp.tolist())),
-                                  "importance_std": dict(zip(FEATURE_NAMES, imp_std.tolist())),
-                                  "importance_normalized": dict(zip(FEATURE_NAMES, normalized(imp, 0).tolist())),
-                                  "hyperparameters": f.params, "search": f.search, "fit_seconds": f.fit_seconds}
-    imp, imp_std = permutation_importance(stack.predict, test_preds[sub], ye[sub], preset.importance_repeats, cfg.seed)
-    ref = list(cfg.models).index("lgbm") if "lgbm" in cfg.models else 0
-    result["stack"] = {**regression_metrics(stack_test, ye), "coef": dict(zip(cfg.models, stack.coef_.tolist())),
-                       "intercept": float(stack.intercept_), "fit_on": stack_rows,
-                       "importance": dict(zip(cfg.models, imp.tolist())),
-                       "importance_std": dict(zip(cfg.models, imp_std.tolist())),
-                       "importance_normalized": dict(zip(cfg.models, normalized(imp, ref).tolist()))}
 
-    domain = training_domain(x_tr)
-    common_meta = {"training_domain": domain, "seed": cfg.seed, "galaxypaint": __version__}
-    graphs: dict[str, tuple[bytes, int]] = {}
-    for j, kind in enumerate(cfg.models):
-        f = fitted[kind]
-        progress(f"[{target}/{path}] exporting {kind} to ONNX")
-        data = build_graph(target, path, kind, scaler, [f.onnx("scaled", ox.OUTPUT_NAME, f"{kind}_")],
-                      {**common_meta, "max_batch_rows": f.max_batch_rows})
-        diff = _fidelity(data, x[te], test_preds[:, j], f.max_batch_rows, f"{target}/{path} {kind}")
-        result["models"][kind].update({"onnx_max_abs_diff": diff, "onnx_bytes": len(data)})
-        graphs[kind] = (data, f.max_batch_rows)
-    parts = [fitted[k].onnx("scaled", f"{k}_out", f"{k}_") for k in cfg.models]
-    parts.append(ox.linear_nodes(stack.coef_, float(stack.intercept_), [f"{k}_out" for k in cfg.models],
+def fit_stack(models: dict[str, Selection], x: np.ndarray, y: np.ndarray, fit_on: str) -> Stack:
+    """A LinearRegression on the models' predictions for ``x`` (scaled features)."""
+    from sklearn.linear_model import LinearRegression
+
+    preds = np.column_stack([sel.estimator.predict(x) for sel in models.values()])
+    return Stack(LinearRegression().fit(preds, y), tuple(models), fit_on)
+
+
+def evaluate(models: dict[str, Selection], stack: Stack, data: TargetData, preset: Preset,
+             seed: int) -> dict[str, Scores]:
+    """Test-set metrics and permutation importance (on a seeded subset of the test rows) of every model
+    (over the halo features) and of the stack (over the models' outputs, normalized to LightGBM's)."""
+    xe, ye = data.z_test, data.y_test
+    test_preds = np.column_stack([sel.estimator.predict(xe) for sel in models.values()])
+    stack_test = stack.model.predict(test_preds)
+    rng = np.random.default_rng(seed)
+    sub = np.sort(rng.choice(len(ye), size=min(preset.importance_rows, len(ye)), replace=False))
+    scores: dict[str, Scores] = {}
+    for j, (kind, sel) in enumerate(models.items()):
+        imp, imp_std = permutation_importance(sel.estimator.predict, xe[sub], ye[sub], preset.importance_repeats, seed)
+        scores[kind] = Scores(test_preds[:, j], regression_metrics(test_preds[:, j], ye), FEATURE_NAMES,
+                              imp, imp_std, normalized(imp, 0))
+    imp, imp_std = permutation_importance(stack.model.predict, test_preds[sub], ye[sub], preset.importance_repeats,
+                                          seed)
+    ref = stack.components.index("lgbm") if "lgbm" in stack.components else 0
+    scores["stack"] = Scores(stack_test, regression_metrics(stack_test, ye), stack.components, imp, imp_std,
+                             normalized(imp, ref))
+    return scores
+
+
+def export(target: str, path: str, models: dict[str, Selection], stack: Stack, data: TargetData,
+           scores: dict[str, Scores], domain: dict[str, dict[str, float]], seed: int,
+           progress: Progress) -> dict[str, Graph]:
+    """One graph per model and the fused stack (scaler + models + stacker), each checked against its
+    native predictions on the whole test split (``TrainingError`` beyond ``FIDELITY_TOL``)."""
+    common_meta = {"training_domain": domain, "seed": seed, "galaxypaint": __version__}
+    graphs: dict[str, Graph] = {}
+    for kind, sel in models.items():
+        est = sel.estimator
+        progress(f"exporting {kind} to ONNX")
+        blob = build_graph(target, path, kind, data.scaler, [ox.to_onnx(est, "scaled", ox.OUTPUT_NAME, f"{kind}_")],
+                           {**common_meta, "max_batch_rows": est.max_batch_rows})
+        graphs[kind] = Graph(blob, est.max_batch_rows, _fidelity(blob, data.x_test, scores[kind].predictions,
+                                                                 est.max_batch_rows, f"{target}/{path} {kind}"))
+    parts = [ox.to_onnx(sel.estimator, "scaled", f"{k}_out", f"{k}_") for k, sel in models.items()]
+    parts.append(ox.linear_nodes(stack.model.coef_, float(stack.model.intercept_), [f"{k}_out" for k in models],
                                  ox.OUTPUT_NAME))
-    max_batch = min(fitted[k].max_batch_rows for k in cfg.models)
-    progress(f"[{target}/{path}] exporting the fused stack to ONNX")
-    data = build_graph(target, path, "stack", scaler, parts, {**common_meta, "max_batch_rows": max_batch,
-                                                        "components": list(cfg.models)})
-    diff = _fidelity(data, x[te], stack_test, max_batch, f"{target}/{path} stack")
-    result["stack"].update({"onnx_max_abs_diff": diff, "onnx_bytes": len(data)})
-    graphs["stack"] = (data, max_batch)
-    result["graphs"] = graphs
-    result["training_domain"] = domain
-    result["scaler"] = {"mean": scaler.mean.tolist(), "scale": scaler.scale.tolist()}
-    if keep_models:
-        result["native"] = {"fitted": fitted, "stack": stack, "scaler": scaler}
-    return result
+    max_batch = min(sel.estimator.max_batch_rows for sel in models.values())
+    progress("exporting the fused stack to ONNX")
+    blob = build_graph(target, path, "stack", data.scaler, parts, {**common_meta, "max_batch_rows": max_batch,
+                                                                   "components": list(models)})
+    graphs["stack"] = Graph(blob, max_batch, _fidelity(blob, data.x_test, scores["stack"].predictions, max_batch,
+                                                       f"{target}/{path} stack"))
+    return graphs
+
+
+def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, path: str, cfg: TrainConfig,
+                 preset: Preset, progress: Progress) -> TargetResult:
+    """Fit, measure and export one (target, path): the graphs are checked but not yet registered."""
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        progress(f"[{target}/{path}] {msg}")
+
+    data = prepare_data(df, split, target, path, cfg, progress)
+    models = fit_models(data, cfg.models, preset, cfg.seed, say)
+    say("test-set metrics and permutation importance")
+    stack = fit_stack(models, *stack_rows(data, path, cfg))
+    scores = evaluate(models, stack, data, preset, cfg.seed)
+    domain = training_domain(data.x_train)
+    graphs = export(target, path, models, stack, data, scores, domain, cfg.seed, say)
+    return TargetResult(target, path, models, stack, scores, graphs, domain, data.scaler, data.smogn,
+                        n_train=len(data.y_train), n_val=len(data.y_val), n_test=len(data.y_test),
+                        seconds=time.perf_counter() - t0)
 
 
 def _augment(target: str, cfg: TrainConfig, x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray,
@@ -294,7 +431,7 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
     if missing:
         raise TrainingError(f"the training table lacks {', '.join(missing)}")
     split = split_indices(df, cfg.seed)
-    min_rows = max(60, max(preset.knn_k) * 2)
+    min_rows = max(60, max(preset.knn.n_neighbors) * 2)
     if len(split["train"]) < min_rows or len(split["val"]) < 10 or len(split["test"]) < 10:
         raise TrainingError(f"too few rows to train: {len(split['train'])} train, {len(split['val'])} validation, "
                             f"{len(split['test'])} test (need at least {min_rows} training rows)")
@@ -302,13 +439,11 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
     fingerprint = data_fingerprint(df)
     versions = package_versions()
     t_start = time.perf_counter()
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, TargetResult]] = {}
     for target in cfg.targets:
         for path in cfg.paths:
-            t0 = time.perf_counter()
-            results.setdefault(target, {})[path] = train_target(df, split, target, path, cfg, preset, progress)
-            results[target][path]["seconds"] = time.perf_counter() - t0
-            progress(f"[{target}/{path}] finished in {results[target][path]['seconds']:.1f} s")
+            res = results.setdefault(target, {})[path] = train_target(df, split, target, path, cfg, preset, progress)
+            progress(f"[{target}/{path}] finished in {res.seconds:.1f} s")
 
     summary = {"run_id": run_id, "seed": cfg.seed, "preset": cfg.preset, "data_fingerprint": fingerprint,
                "split": {k: int(len(v)) for k, v in split.items()},
@@ -316,7 +451,7 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
                "package_versions": versions, "seconds": time.perf_counter() - t_start, "results": {}}
     for target, per_path in results.items():
         for path, res in per_path.items():
-            summary["results"].setdefault(target, {})[path] = {k: v for k, v in res.items() if k != "graphs"}
+            summary["results"].setdefault(target, {})[path] = res.summary()
     registry.record_run(run_id, cfg.seed, fingerprint, {"targets": list(cfg.targets), "paths": list(cfg.paths),
                                                          "preset": cfg.preset, "models": list(cfg.models),
                                                          **({"smogn_stack_rows": cfg.smogn_stack_rows}
@@ -327,17 +462,18 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
     published = []
     for target, per_path in results.items():
         for path, res in per_path.items():
-            for kind, (data, max_batch) in res["graphs"].items():
-                m = res["stack"] if kind == "stack" else res["models"][kind]
+            entry = summary["results"][target][path]
+            for kind, graph in res.graphs.items():
+                m = entry["stack"] if kind == "stack" else entry["models"][kind]
                 metrics = {k: m[k] for k in ("pearson_r", "mse", "ks_d", "onnx_max_abs_diff") if k in m}
                 hyper = ({"coef": m["coef"], "intercept": m["intercept"], "components": list(cfg.models)}
                          if kind == "stack" else m["hyperparameters"])
                 mv = registry.publish(
-                    model_name(target, path, kind), data, target=target, path=path, kind=kind, metrics=metrics,
+                    model_name(target, path, kind), graph.data, target=target, variant=path, kind=kind, metrics=metrics,
                     hyperparameters=hyper, seed=cfg.seed, data_fingerprint=fingerprint, package_versions=versions,
-                    feature_schema=list(FEATURE_NAMES), training_domain=res["training_domain"], run_id=run_id,
-                    extra={"max_batch_rows": max_batch, "scaler": res["scaler"], "preset": cfg.preset,
-                           **({"smogn": res["smogn"]} if "smogn" in res else {})},
+                    feature_schema=list(FEATURE_NAMES), training_domain=entry["training_domain"], run_id=run_id,
+                    extra={"max_batch_rows": graph.max_batch_rows, "scaler": entry["scaler"], "preset": cfg.preset,
+                           **({"smogn": entry["smogn"]} if "smogn" in entry else {})},
                     aliases=(cfg.alias,) if cfg.alias else ())
                 published.append(mv.uri)
     summary["published"] = published
