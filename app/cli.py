@@ -159,6 +159,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     print(format_table(summary))
     print(f"registered {len(summary['published'])} model versions in {registry.root} (run {summary['run_id']})")
+    if not args.no_report:
+        import tempfile
+
+        from training.report import build_report, store_report
+
+        progress("the run's report (figures 2-9, tables), stored with the run")
+        with tempfile.TemporaryDirectory() as tmp:
+            box = float((df.attrs.get("galaxypaint") or {}).get("box") or 205.0)  # demo-data records its box
+            build_report(registry, df, tmp, run_id=summary["run_id"], box=box, progress=progress)
+            stored = store_report(registry, summary["run_id"], tmp)
+        print(f"report: {len(stored)} files stored with run {summary['run_id']} "
+              f"(galaxypaint report --run {summary['run_id']} --out DIR writes them anew)")
     if args.metrics_out:
         from pathlib import Path
 
@@ -194,7 +206,7 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps(mv.as_dict()))
         return 0
-    print(f"{mv.uri}  ({mv.target}, {mv.path} path, {mv.kind})  aliases: {', '.join(mv.aliases) or '-'}")
+    print(f"{mv.uri}  ({', '.join(mv.targets)}, {mv.variant} variant, {mv.kind})  aliases: {', '.join(mv.aliases) or '-'}")
     print(f"artefact {mv.artefact}  {mv.size_bytes / 1e6:.1f} MB  sha256 {mv.sha256}")
     print(f"created {mv.created_at:%Y-%m-%d %H:%M:%S %Z}  run {mv.run_id or '-'}  seed {mv.seed}  "
           f"data {(mv.data_fingerprint or '-')[:16]}")
@@ -238,7 +250,7 @@ def cmd_models_import_lightgbm(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from app.core.model import StackPredictor, predict_table
+    from app.core.model import GalaxyModel, predict_table
 
     detect_format(args.out)
     targets = _csv_list(args.targets, TARGET_NAMES, "target") if args.targets else None
@@ -246,13 +258,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
                               range_policy="warn" if args.lenient else "error")
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    predictor = StackPredictor(_registry(args), path=args.path, targets=targets, model=args.model)
+    model = GalaxyModel.from_registry(_registry(args), variant=args.variant, targets=targets, model=args.model)
     t0 = time.perf_counter()
-    out = predict_table(df, predictor, progress=_progress_bar("predicting", "halo"))
+    out = predict_table(df, model, progress=_progress_bar("predicting", "halo"))
     elapsed = time.perf_counter() - t0
-    path = write_table(out, args.out, metadata={"kind": "prediction", "models": predictor.describe(),
-                                                 "path": args.path, "galaxypaint": __version__})
-    used = ", ".join(f"{d['name']}/{d['version']}" for d in predictor.describe())
+    path = write_table(out, args.out, metadata={"kind": "prediction", "models": model.pinned(),
+                                                 "variant": args.variant, "galaxypaint": __version__})
+    used = ", ".join(f"{d['name']}/{d['version']}" for d in model.pinned())
     print(f"predicted {len(df):,} halos in {elapsed:.2f} s ({len(df) / max(elapsed, 1e-9):,.0f} halos/s) with {used}; "
           f"wrote {path}")
     return 0
@@ -273,11 +285,10 @@ def _parse_bin_edges(value: str | None) -> dict[str, list[float]]:
 
 
 def cmd_pk(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
-    from app.science.clustering import bin_edges, compare_catalog, long_table, summary_table
-    from app.science.figures import plot_clustering
+    from app.science.clustering import bin_edges, compare_catalog
+    from app.science.pk_outputs import write_pk_outputs
 
     if args.box <= 0 or args.nmesh < 8:
         raise UserError("--box must be positive and --nmesh at least 8")
@@ -301,20 +312,14 @@ def cmd_pk(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    payload = {"catalog": str(args.catalog), "box": args.box, "nmesh": args.nmesh, "scheme": "tsc",
-               "interlacing": True, "edges": {t: list(e) for t, e in edges.items()},
-               "results": [r.as_dict() for r in results], "galaxypaint": __version__}
-    text = json.dumps(payload, indent=1)
-    (out / "pk.json").write_text(text)
-    long_table(results).to_csv(out / "pk.csv", index=False)
-    table = summary_table(results)
-    table.to_csv(out / "pk_summary.csv", index=False)
-    plot_clustering(results, out / "pk.png", title=f"{Path(args.catalog).name}: predicted vs true P(k)")
+    written = write_pk_outputs(results, out, box=args.box, nmesh=args.nmesh, edges=edges, source=str(args.catalog),
+                               title=f"{Path(args.catalog).name}: predicted vs true P(k)")
     if args.json:
-        print(text)
+        print((out / written["file"]).read_text())
     else:
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        import pandas as pd
+
+        print(pd.DataFrame(written["summary"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         print(f"{len(results)} bins in {time.perf_counter() - t0:.1f} s; wrote pk.json, pk.csv, pk_summary.csv, "
               f"pk.png in {out}")
     return 0
@@ -360,7 +365,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_paint(args: argparse.Namespace) -> int:
-    from app.painting.local import paint_file
+    from app.painting.local import paint
+    from app.painting.spec import PaintSpec
 
     if args.chunk_rows < 1:
         raise UserError("--chunk-rows must be positive")
@@ -368,18 +374,12 @@ def cmd_paint(args: argparse.Namespace) -> int:
         raise UserError("--compute-delta3 needs --box L (the periodic box side in Mpc/h)")
     targets = list(_csv_list(args.targets, TARGET_NAMES, "target")) if args.targets else None
     registry = _registry(args)
-    if args.engine == "dask":
-        from app.painting.dask_engine import paint_dask
-
-        summary = paint_dask(args.catalog, args.out, registry, path=args.path, targets=targets, model=args.model,
-                             columns=args.columns, chunk_rows=args.chunk_rows, scheduler=args.scheduler,
-                             workers=args.dask_workers, compute_delta3=args.compute_delta3, box=args.box,
-                             progress=_progress_bar("painting", "halo"))
-    else:
-        summary = paint_file(args.catalog, args.out, registry, path=args.path, targets=targets, model=args.model,
-                             columns=args.columns, chunk_rows=args.chunk_rows, compute_delta3=args.compute_delta3,
-                             box=args.box, progress=_progress_bar("painting", "halo"),
-                             range_policy="warn" if args.lenient else "error")
+    spec = PaintSpec.create(registry, args.catalog, args.out, targets=targets, model=args.model, variant=args.variant,
+                            columns=args.columns, engine=args.engine, chunk_rows=args.chunk_rows,
+                            compute_delta3=args.compute_delta3, box=args.box,
+                            range_policy="warn" if args.lenient else "error", scheduler=args.scheduler,
+                            dask_workers=args.dask_workers)
+    summary = paint(spec, registry, progress=_progress_bar("painting", "halo"))
     for w in summary.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
     used = ", ".join(f"{d['name']}/{d['version']}" for d in summary["models"])
@@ -409,7 +409,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"admin token {'generated and ' if created else ''}stored in {where} (mode 0600):\n    {token}\n"
               f"clients: export GALAXYPAINT_ADMIN_TOKEN=$(cat {where})", file=sys.stderr, flush=True)
     uvicorn.run("app.api.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, access_log=False)
+                log_level=args.log_level, access_log=False,
+                # longer than the usual proxies' and clients' idle timeouts: the server must not close a
+                # kept-alive connection just as a client sends its next request on it
+                timeout_keep_alive=75)
     return 0
 
 
@@ -451,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "register ONNX graphs.")
     p.add_argument("--data", required=True, help="training table (.parquet, .csv, .hdf5)")
     p.add_argument("--targets", help=f"comma-separated subset of {','.join(TARGET_NAMES)} (default: all)")
-    p.add_argument("--paths", help="raw and/or smogn (default: raw)")
+    p.add_argument("--variants", "--paths", dest="paths", help="training variants: raw and/or smogn (default: raw; "
+                                                               "--paths is the deprecated name)")
     p.add_argument("--models", help="models in the stack: subset of ert,knn,lgbm,nn (default: all four, as the "
                                     "paper; measured on the built-in catalog, ert,lgbm,nn stacks paint ~5x "
                                     "faster and lgbm,nn ~15x: see the README)")
@@ -467,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
     p.add_argument("--alias", default="production", help="alias given to the new versions (default production; "
                                                          "'' for none)")
+    p.add_argument("--no-report", action="store_true", help="do not store the run's report figures and tables "
+                                                            "in the registry")
     p.set_defaults(func=cmd_train)
 
     models = sub.add_parser("models", help="list, show, promote and import registered models")
@@ -499,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict galaxy properties for a halo table with the registered stacks")
     p.add_argument("--data", required=True, help="halo table (.csv, .parquet, .hdf5)")
     p.add_argument("--out", required=True, help="output table: the input plus <target>_pred columns")
-    p.add_argument("--path", choices=("raw", "smogn"), default="raw")
+    p.add_argument("--variant", "--path", dest="variant", choices=("raw", "smogn"), default="raw",
+                   help="training variant of the models (default raw; --path is its deprecated name)")
     p.add_argument("--targets", help="comma-separated subset of targets (default: every target with a model)")
     p.add_argument("--model", help="alias, version, or NAME@ALIAS for a single target")
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
@@ -525,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", required=True, help="halo catalog (.parquet, .hdf5, .csv)")
     p.add_argument("--out", required=True, help="painted catalog (.parquet, .hdf5, .csv; a directory with --engine dask)")
     p.add_argument("--registry", help=reg_help)
-    p.add_argument("--path", choices=("raw", "smogn"), default="raw")
+    p.add_argument("--variant", "--path", dest="variant", choices=("raw", "smogn"), default="raw",
+                   help="training variant of the models (default raw; --path is its deprecated name)")
     p.add_argument("--targets", help="subset of the targets (default: every registered stack)")
     p.add_argument("--model", help="alias, version or reference (default: production)")
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")

@@ -30,6 +30,14 @@ sys.path.insert(0, str(REPO))
 TOKEN = "load-test-token"
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process [MiB]."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants [MiB]."""
     total, todo = 0, [pid]
@@ -126,13 +134,13 @@ async def run(args, url: str, pid: int, data: Path) -> dict:
                 lat[kind].append(time.perf_counter() - t0)
                 counter["done"] += 1
                 if counter["done"] == args.warmup:
-                    rss["warmup"] = tree_rss_mb(pid)
+                    rss["warmup"], rss["warmup_server"] = tree_rss_mb(pid), rss_mb(pid)
 
         painter = asyncio.create_task(keep_painting())
         t0 = time.perf_counter()
         await asyncio.gather(*[client() for _ in range(args.clients)])
         elapsed = time.perf_counter() - t0
-        rss["end"] = tree_rss_mb(pid)
+        rss["end"], rss["end_server"] = tree_rss_mb(pid), rss_mb(pid)
         await painter
     return {"lat": lat, "failures": failures, "rss": rss, "seconds": elapsed, "paint_jobs": len(paint_jobs)}
 
@@ -167,9 +175,10 @@ def main() -> None:
         print(f"  {kind:6s} n={len(v):6,d}  p50 {np.percentile(v, 50):8.1f} ms  p99 {np.percentile(v, 99):8.1f} ms  "
               f"max {v.max():8.1f} ms")
     print(f"  failed requests: {len(out['failures'])}" + (f" (first: {out['failures'][0]})" if out["failures"] else ""))
-    w, e = out["rss"].get("warmup", float("nan")), out["rss"]["end"]
-    print(f"  RSS server + workers: {w:.0f} MiB after {args.warmup:,} requests, {e:.0f} MiB at the end "
-          f"({100 * (e / w - 1):+.1f} %)")
+    for label, key in (("server", "_server"), ("server + job workers", "")):
+        w, e = out["rss"].get("warmup" + key, float("nan")), out["rss"]["end" + key]
+        print(f"  RSS {label}: {w:.0f} MiB after {args.warmup:,} requests, {e:.0f} MiB at the end "
+              f"({100 * (e / w - 1):+.1f} %)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ published models; tests that need it skip cleanly when it is absent."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,35 @@ def demo_small():
     from training.demo_catalog import make_demo_catalog
 
     return make_demo_catalog(n=30_000, seed=7, with_latent=True)
+
+
+def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``galaxypaint ARGS...`` in a subprocess (as a user runs it): exit code, stdout, stderr."""
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """One fast-preset registry shared by every test that needs trained models rather than a training run:
+    LightGBM and kNN (the exact neighbour graph) and their stacks for smass, sSFR and color on a small
+    built-in catalog, and a data directory holding part of that catalog.  Tests that change it work on
+    a copy."""
+    pytest.importorskip("lightgbm")
+    from app.core.catalogs import write_table
+    from app.core.registry import Registry
+    from training.demo_catalog import make_demo_catalog
+    from training.pipeline import TrainConfig, run_training
+
+    root = tmp_path_factory.mktemp("trained")
+    df = make_demo_catalog(n=4000, seed=12)
+    registry = Registry(root / "models")
+    run_training(df, registry, TrainConfig(targets=("smass", "sSFR", "color"), paths=("raw",), preset="fast", seed=1,
+                                                models=("lgbm", "knn")))
+    (root / "data").mkdir()
+    write_table(df.iloc[:3000], root / "data" / "halos.parquet")
+    return root, df

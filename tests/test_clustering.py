@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -15,8 +13,7 @@ from app.science.clustering import bin_edges, compare_bin, compare_catalog, summ
 from app.science.power_spectrum import default_k_edges, gaussian_error, power_spectrum
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=600)
+from tests.conftest import run_cli as cli  # noqa: E402
 
 
 def test_identical_populations_have_zero_chi2(demo_small):

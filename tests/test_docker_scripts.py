@@ -57,13 +57,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_entrypoint_serves_from_a_serving_only_install(tmp_path):
-    pytest.importorskip("lightgbm")
-    from training.demo_catalog import make_demo_catalog
-    from training.pipeline import TrainConfig, run_training
-
-    from app.core.registry import Registry
-
+def test_entrypoint_serves_from_a_serving_only_install(tmp_path, trained):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT)], capture_output=True, text=True,
@@ -73,9 +67,7 @@ def test_entrypoint_serves_from_a_serving_only_install(tmp_path):
     for heavy in ("sklearn", "tensorflow", "lightgbm"):
         assert subprocess.run([py, "-c", f"import {heavy}"], capture_output=True).returncode != 0, heavy
 
-    registry = tmp_path / "models"
-    run_training(make_demo_catalog(n=2500, seed=9), Registry(registry),
-                 TrainConfig(targets=("smass",), models=("lgbm", "knn"), seed=3))
+    registry = trained[0] / "models"
     port = _free_port()
     env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "GALAXYPAINT_REGISTRY": str(registry),
            "GALAXYPAINT_DATA_DIR": str(tmp_path / "data"), "GALAXYPAINT_HOST": "127.0.0.1",

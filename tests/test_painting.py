@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -14,25 +12,20 @@ pytest.importorskip("lightgbm")
 from app.core.catalog_stream import ChunkReader, ChunkWriter  # noqa: E402
 from app.core.catalogs import CatalogError, read_table, write_table  # noqa: E402
 from app.core.environment import delta3, delta3_slabs  # noqa: E402
-from app.core.model import StackPredictor  # noqa: E402
+from app.core.model import GalaxyModel  # noqa: E402
 from app.painting.local import paint_file  # noqa: E402
+from app.painting.spec import PaintSpec  # noqa: E402
 from app.core.registry import Registry  # noqa: E402
 from app.core.schema import FEATURE_NAMES  # noqa: E402
 from training.demo_catalog import make_demo_catalog  # noqa: E402
-from training.pipeline import TrainConfig, run_training  # noqa: E402
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=900)
+from tests.conftest import run_cli as cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    root = tmp_path_factory.mktemp("paint")
-    reg = Registry(root / "models")
-    run_training(make_demo_catalog(n=3000, seed=21), reg,
-                 TrainConfig(targets=("smass", "color"), models=("lgbm", "knn"), seed=2))
-    return reg
+def registry(trained):
+    return Registry(trained[0] / "models", create=False)
 
 
 @pytest.mark.parametrize("ext", ["parquet", "hdf5", "csv"])
@@ -41,9 +34,10 @@ def test_streamed_paint_equals_whole_table_prediction(tmp_path, registry, demo_s
     src = write_table(cat, tmp_path / f"halos.{ext}")
     out = tmp_path / f"painted.{ext}"
     seen = []
-    summary = paint_file(src, out, registry, chunk_rows=1000, progress=lambda d, n: seen.append((d, n)))
+    summary = paint_file(PaintSpec.create(registry, src, out, chunk_rows=1000), registry,
+                         progress=lambda d, n: seen.append((d, n)))
     painted = read_table(out)
-    expected = StackPredictor(registry).predict(cat[list(FEATURE_NAMES)].to_numpy())
+    expected = GalaxyModel.from_registry(registry).predict(cat[list(FEATURE_NAMES)].to_numpy())
     assert summary["rows"] == 7000 and len(painted) == 7000 and seen[-1] == (7000, 7000) and len(seen) == 8
     for t in ("smass", "color"):
         np.testing.assert_allclose(painted[f"{t}_pred"].to_numpy(), expected[t], atol=1e-12)
@@ -58,7 +52,7 @@ def test_bad_chunk_leaves_no_output_and_names_the_rows(tmp_path, registry, demo_
     src = write_table(cat, tmp_path / "bad.parquet")
     out = tmp_path / "out.parquet"
     with pytest.raises(CatalogError, match=r"rows 3,000-3,999: column C_h .* row 456"):
-        paint_file(src, out, registry, chunk_rows=1000)
+        paint_file(PaintSpec.create(registry, src, out, chunk_rows=1000), registry)
     assert not out.exists() and not list(tmp_path.glob(".out.parquet*"))
     res = cli("paint", "--catalog", str(src), "--out", str(out), "--registry", str(registry.root), "--chunk-rows", "1000")
     assert res.returncode == 1 and "rows 3,000-3,999" in res.stderr and "Traceback" not in res.stderr
@@ -111,9 +105,10 @@ def test_dask_local_cluster_paints_a_million_rows_like_the_local_engine(tmp_path
     base = make_demo_catalog(n=20_000, seed=5)
     cat = base.iloc[rng.integers(0, len(base), n)][list(FEATURE_NAMES) + ["x", "y", "z"]].reset_index(drop=True)
     src = write_table(cat, tmp_path / "big.parquet")
-    local = paint_file(src, tmp_path / "local.parquet", registry)
+    local = paint_file(PaintSpec.create(registry, src, tmp_path / "local.parquet", targets=["smass", "color"]),
+                       registry)
     res = cli("paint", "--catalog", str(src), "--out", str(tmp_path / "dask_out"), "--registry", str(registry.root),
-              "--engine", "dask", "--dask-workers", "2", "--chunk-rows", "250000")
+              "--engine", "dask", "--dask-workers", "2", "--chunk-rows", "250000", "--targets", "smass,color")
     assert res.returncode == 0, res.stderr[-2000:]
     parts = sorted((tmp_path / "dask_out").glob("part-*.parquet"))
     assert len(parts) == 4

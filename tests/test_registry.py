@@ -10,7 +10,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from app.core.model import model_choice
 from app.core.registry import (ArtefactUnavailable, InvalidReference, ModelNotFound, Registry, RegistryError,
                           parse_reference)
 
@@ -25,7 +24,7 @@ def _onnx(tag: str = "a") -> bytes:
 
 def _publish(reg, name="smass-raw-stack", data=None, **kw):
     data = _onnx() if data is None else data
-    return reg.publish(name, data, target="smass", path="raw", kind="stack", metrics={"pearson_r": 0.97},
+    return reg.publish(name, data, target="smass", variant="raw", kind="stack", metrics={"pearson_r": 0.97},
                        seed=42, data_fingerprint="f" * 64, training_domain={"M_h": {"min": 10.5, "max": 15}}, **kw)
 
 
@@ -158,12 +157,30 @@ def test_reference_grammar_accepts_ascii_versions_in_range():
     assert parse_reference("x/2147483647") == ("x", None, 2**31 - 1)
     assert parse_reference("models:/x/007") == ("x", None, 7)
     assert parse_reference(" x@staging ") == ("x", "staging", None)
-    assert model_choice("3", "d") == ("d", None, 3)
-    assert model_choice("staging", "d") == ("d", "staging", None)
-    assert model_choice("x/2", "d", {"x"}) == ("x", None, 2)
+
+
+
+def test_resolve_choice_is_the_one_reading_of_a_model_choice(tmp_path):
+    reg = Registry(tmp_path)
+    _publish(reg)
+    _publish(reg, data=_onnx("b"))
+    reg.set_alias("smass-raw-stack", "staging", 1)
+
+    def version(choice):
+        return [mv.version for mv in reg.resolve_choice(choice, ["smass"], "raw")]
+
+    assert version(None) == [2]  # no production alias: the latest
+    assert version("1") == [1] and version("staging") == [1] and version("smass-raw-stack/1") == [1]
+    assert version("smass-raw-stack") == [2] and version("models:/smass-raw-stack@staging") == [1]
+    reg.set_alias("smass-raw-stack", "production", 1)
+    assert version(None) == [1]
     for bad in ("²", "99999999999999999999999", "0", "bad alias"):
         with pytest.raises(InvalidReference):
-            model_choice(bad, "d")
+            reg.resolve_choice(bad, ["smass"], "raw")
+    with pytest.raises(InvalidReference, match="not sSFR"):
+        reg.resolve_choice("smass-raw-stack/1", ["smass", "sSFR"], "raw")
+    with pytest.raises(ModelNotFound):
+        reg.resolve_choice("canary", ["smass"], "raw")
 
 
 def test_unknown_names_versions_and_aliases_are_model_not_found(tmp_path):

@@ -14,7 +14,7 @@ pytest.importorskip("lightgbm")
 pytest.importorskip("keras")
 
 from app.core.catalogs import read_table, write_table  # noqa: E402
-from app.core.model import StackPredictor  # noqa: E402
+from app.core.model import GalaxyModel  # noqa: E402
 from app.core.registry import Registry  # noqa: E402
 from app.core.schema import FEATURE_NAMES  # noqa: E402
 from training.demo_catalog import make_demo_catalog  # noqa: E402
@@ -65,7 +65,7 @@ def test_predict_cli_uses_the_registered_graphs(trained):
     assert {"smass_pred", "sSFR_pred"} <= set(pred.columns) and "radius_pred" not in pred.columns
     df = read_table(data)
     pd.testing.assert_frame_equal(pred[df.columns.tolist()], df, check_dtype=False)  # input untouched
-    direct = StackPredictor(Registry(root / "models"), targets=["smass"]).predict(df[list(FEATURE_NAMES)].to_numpy())
+    direct = GalaxyModel.from_registry(Registry(root / "models"), targets=["smass"]).predict(df[list(FEATURE_NAMES)].to_numpy())
     np.testing.assert_allclose(pred["smass_pred"], direct["smass"])
     assert np.corrcoef(pred["smass_pred"], df["smass"])[0, 1] > 0.95
 
@@ -145,7 +145,7 @@ def test_smogn_path_augments_train_and_validation_only(tmp_path):
     assert aug["train"]["synthetic"] > 0 and aug["params"]["rel_thres"] == 0.2  # the paper's sSFR settings
     assert smogn["stack"]["onnx_max_abs_diff"] <= 1e-4 and smogn["stack"]["pearson_r"] > 0.5
     mv = reg.get("sSFR-smogn-stack")
-    assert mv.path == "smogn" and mv.extra["smogn"]["train"]["synthetic"] == aug["train"]["synthetic"]
+    assert mv.variant == "smogn" and mv.extra["smogn"]["train"]["synthetic"] == aug["train"]["synthetic"]
     assert {m.name for m in reg.list_models()} >= {"sSFR-raw-stack", "sSFR-smogn-stack", "sSFR-smogn-knn"}
 
 
@@ -180,3 +180,34 @@ def test_report_cli_writes_figures_tables_and_html(trained):
     assert "P(k), raw stacks" in rep.stdout
     bad = cli("report", "--run", "run-nope", "--registry", str(root / "models"), "--out", str(out))
     assert bad.returncode == 1 and "no training run 'run-nope'" in bad.stderr
+
+
+def test_train_target_returns_a_typed_result_whose_summary_keeps_the_run_summary_shape():
+    from training.estimators import PRESETS, KNNRegressor, LightGBMRegressor
+    from training.pipeline import Graph, TargetResult, train_target
+
+    df = make_demo_catalog(n=1500, seed=6)
+    split = split_indices(df, 2)
+    cfg = TrainConfig(targets=("smass",), models=("knn", "lgbm"), seed=2)
+    res = train_target(df, split, "smass", "raw", cfg, PRESETS["fast"], lambda m: None)
+    assert isinstance(res, TargetResult) and res.smogn is None and res.n_test == len(split["test"])
+    assert isinstance(res.models["knn"].estimator, KNNRegressor)
+    assert isinstance(res.models["lgbm"].estimator, LightGBMRegressor)
+    assert res.stack.components == ("knn", "lgbm") and list(res.graphs) == ["knn", "lgbm", "stack"]
+    assert all(isinstance(g, Graph) and g.onnx_max_abs_diff <= 1e-4 for g in res.graphs.values())
+    s = res.summary()
+    assert list(s) == ["models", "n_train", "n_val", "n_test", "stack", "training_domain", "scaler", "seconds"]
+    assert list(s["models"]["lgbm"]) == ["pearson_r", "mse", "ks_d", "importance", "importance_std",
+                                         "importance_normalized", "hyperparameters", "search", "fit_seconds",
+                                         "onnx_max_abs_diff", "onnx_bytes"]
+    assert list(s["stack"]) == ["pearson_r", "mse", "ks_d", "coef", "intercept", "fit_on", "importance",
+                                "importance_std", "importance_normalized", "onnx_max_abs_diff", "onnx_bytes"]
+    assert s["models"]["knn"]["hyperparameters"] == {"n_neighbors": 29, "p": 2, "weights": "uniform"}
+    assert s["models"]["knn"]["search"][0].keys() == {"k", "p", "val_mse"}
+    assert s["models"]["lgbm"]["search"][0]["n_trees"] == s["models"]["lgbm"]["hyperparameters"]["n_estimators"]
+    assert s["stack"]["onnx_bytes"] == len(res.graphs["stack"].data) and list(s["stack"]["coef"]) == ["knn", "lgbm"]
+    json.dumps(s)  # plain data, as the registry and the metrics file need
+    # the native models and stack reproduce the test-set scores
+    z = res.scaler.transform(df[list(FEATURE_NAMES)].to_numpy()[split["test"]])
+    preds = np.column_stack([res.models[k].estimator.predict(z) for k in res.stack.components])
+    np.testing.assert_array_equal(res.stack.model.predict(preds), res.scores["stack"].predictions)

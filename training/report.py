@@ -23,7 +23,7 @@ import pandas as pd
 
 from app.science.clustering import compare_catalog, summary_table
 from app.science.figures import _pyplot, plot_clustering, property_label
-from app.core.model import LoadedModel
+from app.core.model import GalaxyModel
 from app.core.registry import Registry, RegistryError
 from app.core.schema import FEATURE_NAMES, PAPER_PEARSON_R, POSITION_NAMES, TARGET_NAMES
 from training.pipeline import TrainingError, data_fingerprint, split_indices
@@ -41,7 +41,7 @@ def _run_models(registry: Registry, run_id: str) -> dict[tuple[str, str, str], A
     for latest in registry.list_models():
         for mv in registry.versions(latest.name):
             if mv.run_id == run_id:
-                out[(mv.target, mv.path, mv.kind)] = mv
+                out[(mv.target, mv.variant, mv.kind)] = mv
     return out
 
 
@@ -69,7 +69,7 @@ def test_predictions(registry: Registry, run: dict, df: pd.DataFrame, test: np.n
                 if mv is None:
                     raise TrainingError(f"the run's {target}/{path} {kind} model is not in the registry")
                 t0 = time.perf_counter()
-                cols[kind] = LoadedModel.load(registry, mv).predict(x)
+                cols[kind] = GalaxyModel(registry, {target: mv}, path).predict(x)[target]
                 progress(f"[{target}/{path}] {kind}: {len(x):,} test predictions in {time.perf_counter() - t0:.1f} s")
             coef = res["stack"]["coef"]
             cols["stack"] = res["stack"]["intercept"] + sum(coef[k] * cols[k] for k in kinds)
@@ -320,6 +320,20 @@ def build_report(registry: Registry, df: pd.DataFrame, out_dir: str | Path, run_
     (out / "report.html").write_text(_html(text, out))
     return {"run_id": run_id, "out": str(out), "figures": {k: str(v) for k, v in figures.items()},
             "pk": {p: t.to_dict(orient="records") for p, t in pk_tables.items()}, "notes": notes}
+
+
+MEDIA_TYPES = {".png": "image/png", ".md": "text/markdown", ".html": "text/html", ".json": "application/json",
+               ".csv": "text/csv"}
+
+
+def store_report(registry: Registry, run_id: str, out_dir: str | Path) -> list[str]:
+    """Keep a report's files with its run in the registry (a server shows them without the training table)."""
+    stored = []
+    for f in sorted(Path(out_dir).iterdir()):
+        if f.is_file() and f.suffix in MEDIA_TYPES:
+            registry.add_run_artefact(run_id, f.name, f.read_bytes(), MEDIA_TYPES[f.suffix])
+            stored.append(f.name)
+    return stored
 
 
 def _html(markdown: str, out: Path) -> str:

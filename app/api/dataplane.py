@@ -9,7 +9,6 @@ CLI or another process) takes effect at the next request without a query per mod
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -17,12 +16,13 @@ from typing import Sequence
 
 import numpy as np
 
-from app.core.model import LoadedModel, is_reference, model_choice
-from app.core.registry import DB_NAME, ModelNotFound, ModelVersion, Registry, RegistryError
+from app.core.db import DB_NAME, watch_connection
+from app.core.model import GalaxyModel, LoadedModel, resolve
+from app.core.registry import DEFAULT_ALIAS, InvalidReference, ModelNotFound, ModelVersion, Registry
 from app.core.schema import COLUMNS, FEATURE_NAMES, TARGET_NAMES
 
-PATHS = ("raw", "smogn")
-SERVING_ALIAS = "production"
+VARIANTS = ("raw", "smogn")
+SERVING_ALIAS = DEFAULT_ALIAS
 
 
 class DataPlaneError(ValueError):
@@ -49,7 +49,7 @@ class ModelStore:
         self._resolved: dict[tuple, ModelVersion] = {}
         self._names: list[str] | None = None
         self._data_version: int | None = None
-        self._watch = sqlite3.connect(f"file:{registry.root / DB_NAME}?mode=ro", uri=True, check_same_thread=False)
+        self._watch = watch_connection(registry.root / DB_NAME)
 
     def _check_fresh(self) -> None:
         """Forget cached resolutions when the registry database has changed since the last request."""
@@ -70,39 +70,34 @@ class ModelStore:
     def version(self, name: str, version: int | None = None, alias: str | None = None) -> ModelVersion:
         """A registered version; with neither version nor alias: ``production`` if set, else the latest."""
         self._check_fresh()
-        key = (name, version, alias)
+        key = ("version", name, version, alias)
         cached = self._resolved.get(key)
-        if cached is not None:
-            return cached
-        mv = self._resolve(name, version, alias)
-        self._resolved[key] = mv
-        return mv
+        if cached is None:
+            try:
+                cached = self._resolved[key] = self.registry.get(name, version=version, alias=alias)
+            except ModelNotFound as exc:
+                raise DataPlaneError(str(exc), "model", status=404) from None
+        return cached
 
-    def _resolve(self, name: str, version: int | None, alias: str | None) -> ModelVersion:
-        try:
-            if version is None and alias is None:
-                try:
-                    return self.registry.get(name, alias=SERVING_ALIAS)
-                except ModelNotFound:
-                    return self.registry.get(name)
-            return self.registry.get(name, version=version, alias=alias)
-        except ModelNotFound as exc:
-            raise DataPlaneError(str(exc), "model", status=404) from None
-
-    def serving_version(self, target: str, path: str, model: str | None = None) -> ModelVersion:
-        """The stack serving ``target`` on ``path``; ``model`` = alias, version number or full reference."""
-        if target not in TARGET_NAMES:
-            raise DataPlaneError(f"unknown target {target!r}: choose from {', '.join(TARGET_NAMES)}", "targets")
-        if path not in PATHS:
-            raise DataPlaneError(f"unknown path {path!r}: choose from {', '.join(PATHS)}", "path")
-        try:
-            name, alias, version = model_choice(model, f"{target}-{path}-stack", self.names())
-        except RegistryError as exc:
-            raise DataPlaneError(str(exc), "model") from None
-        mv = self.version(name, version=version, alias=alias)
-        if mv.target != target:
-            raise DataPlaneError(f"model {mv.uri} predicts {mv.target}, not {target}", "model")
-        return mv
+    def resolve(self, targets: Sequence[str] | None, variant: str, model: str | None) -> dict[str, ModelVersion]:
+        """target -> the version serving it (``app.core.model.resolve``), cached until the registry changes."""
+        if variant not in VARIANTS:
+            raise DataPlaneError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}", "variant")
+        bad = [t for t in targets or () if t not in TARGET_NAMES]
+        if bad:
+            raise DataPlaneError(f"unknown target {', '.join(bad)[:200]}: choose from {', '.join(TARGET_NAMES)}",
+                                 "targets")
+        self._check_fresh()
+        key = ("choice", tuple(targets or ()), variant, model)
+        cached = self._resolved.get(key)
+        if cached is None:
+            try:
+                cached = self._resolved[key] = resolve(self.registry, targets, variant, model)
+            except ModelNotFound as exc:
+                raise DataPlaneError(str(exc), "model" if model else "variant", status=404) from None
+            except InvalidReference as exc:
+                raise DataPlaneError(str(exc), "model") from None
+        return cached
 
     # ------------------------------------------------------------------ sessions
     def session(self, mv: ModelVersion, pin: bool = False) -> LoadedModel:
@@ -152,13 +147,6 @@ class Prediction:
     values: dict[str, np.ndarray]
     models: list[dict]
     warnings: list[dict] = field(default_factory=list)
-
-
-def serving_versions(store: ModelStore, targets: Sequence[str], path: str, model: str | None) -> list[ModelVersion]:
-    """The stack serving each target; a full model reference can only serve a single target."""
-    if len(targets) > 1 and is_reference(model, store.names()):
-        raise DataPlaneError("a full model reference serves one target: give a single target", "model")
-    return [store.serving_version(t, path, model) for t in targets]
 
 
 def check_features(x: np.ndarray, names: Sequence[str] = FEATURE_NAMES) -> np.ndarray:
@@ -212,17 +200,11 @@ def domain_warnings(x: np.ndarray, mvs: Sequence[ModelVersion], limit: int = 10_
     return out
 
 
-def predict(store: ModelStore, x: np.ndarray, path: str = "raw", targets: Sequence[str] | None = None,
+def predict(store: ModelStore, x: np.ndarray, variant: str = "raw", targets: Sequence[str] | None = None,
             model: str | None = None) -> Prediction:
     """Stack predictions for halos ``x`` [N, 5] (schema order and units) for each requested target."""
     x = check_features(x)
-    if targets is None:
-        names = set(store.names())
-        targets = [t for t in TARGET_NAMES if f"{t}-{path}-stack" in names]
-        if not targets:
-            raise DataPlaneError(f"no {path}-path stack is registered", "path", status=404)
-    mvs = serving_versions(store, targets, path, model)
-    values = check_outputs({t: store.session(mv).predict(x) for t, mv in zip(targets, mvs)})
-    info = [{"target": t, "name": mv.name, "version": mv.version, "sha256": mv.sha256, "aliases": list(mv.aliases)}
-            for t, mv in zip(targets, mvs)]
-    return Prediction(values, info, domain_warnings(x, mvs))
+    versions = store.resolve(targets, variant, model)
+    galaxy = GalaxyModel(store.registry, versions, variant, loader=store.session)
+    values = check_outputs(galaxy.predict(x))
+    return Prediction(values, galaxy.pinned(), domain_warnings(x, list(versions.values())))

@@ -37,7 +37,6 @@ import atexit
 import base64
 import binascii
 import ctypes
-import json
 import logging
 import multiprocessing
 import multiprocessing.util  # noqa: F401 - its atexit hook must be registered before ours (LIFO)
@@ -562,20 +561,23 @@ def _catalog_inspector() -> Callable[[str, int], dict] | None:
 
 
 def _run_paint(params: dict, ctx: JobContext) -> dict:
-    from app.painting.local import paint_file
+    """Paint with exactly the versions the job was accepted with (``params["models"]``, pinned by the
+    route), whatever the aliases say now."""
     from app.core.registry import Registry
+    from app.painting.local import paint
+    from app.painting.spec import PaintSpec
 
     inspect = _catalog_inspector()
     if inspect is not None:  # refuses oversized (decompressed) or malformed catalogs before any model loads
         ctx.progress(0.0, "checking the catalog")
         inspect(params["input"], int(ctx.limits["max_upload_bytes"]))
     out = ctx.work / f"painted.{params.get('output_format', 'parquet')}"
+    registry = Registry(ctx.registry_root, create=False)
+    spec = PaintSpec(Path(params["input"]), out, variant=params.get("variant", params.get("path", "raw")),
+                     pinned=tuple(params["models"]), columns=params.get("columns") or {}, threads=ctx.threads,
+                     max_bytes=int(ctx.limits["max_upload_bytes"]))
     progress = ctx.progress
-    summary = paint_file(params["input"], out, Registry(ctx.registry_root, create=False),
-                         path=params.get("path", "raw"), targets=params.get("targets"), model=params.get("model"),
-                         columns=params.get("columns"),
-                         progress=lambda done, total: progress(done / max(total, 1), f"{done:,}/{total:,} halos"),
-                         threads=ctx.threads)
+    summary = paint(spec, registry, lambda done, total: progress(done / max(total, 1), f"{done:,}/{total:,} halos"))
     return {"file": out.name, **{k: v for k, v in summary.items() if k != "output"}}
 
 
@@ -585,14 +587,11 @@ def _run_pk(params: dict, ctx: JobContext) -> dict:
         raise ValueError(f"nmesh: {nmesh} is above this server's limit of {ctx.limits['max_pk_nmesh']} "
                          "(memory grows as nmesh^3)")
 
-    import numpy as np
-
     from app.core.catalogs import load_catalog
-    from app.science.clustering import bin_edges, compare_catalog, long_table, summary_table
-    from app.science.figures import plot_clustering
-    from app.core.schema import POSITION_NAMES
+    from app.core.schema import POSITION_NAMES, pred_column
+    from app.science.clustering import bin_edges, compare_catalog
+    from app.science.pk_outputs import write_pk_outputs
 
-    work = ctx.work
     df, _ = load_catalog(params["input"], require=list(POSITION_NAMES), mapping=params.get("columns"),
                          range_policy="warn")
     if params.get("truth"):
@@ -600,19 +599,13 @@ def _run_pk(params: dict, ctx: JobContext) -> dict:
         if len(truth) != len(df):
             raise ValueError(f"the truth catalog has {len(truth):,} rows, the painted one {len(df):,}: they must "
                              "be the same haloes in the same order")
-        for t in [c for c in truth.columns if c + "_pred" in df.columns]:
+        for t in [c for c in truth.columns if pred_column(c) in df.columns]:
             df[t] = truth[t].to_numpy()
     box = float(params.get("box", 205.0))
-    results = compare_catalog(df, box, nmesh, params.get("targets"), bin_edges(params.get("edges")),
-                              progress=lambda f, m: ctx.progress(f, m))
-    payload = {"box": box, "nmesh": nmesh, "results": [r.as_dict() for r in results]}
-    tmp = work / "pk.json.tmp"
-    tmp.write_text(json.dumps(payload))
-    long_table(results).to_csv(work / "pk.csv", index=False)
-    plot_clustering(results, work / "pk.png", title="predicted vs true P(k)")
-    tmp.replace(work / "pk.json")
-    table = summary_table(results).replace({np.nan: None})
-    return {"file": "pk.json", "figure": "pk.png", "csv": "pk.csv", "summary": table.to_dict(orient="records")}
+    edges = bin_edges(params.get("edges"))
+    results = compare_catalog(df, box, nmesh, params.get("targets"), edges, progress=lambda f, m: ctx.progress(f, m))
+    return write_pk_outputs(results, ctx.work, box=box, nmesh=nmesh, edges=edges, title="predicted vs true P(k)",
+                            source=str(params.get("source", "")))
 
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

@@ -18,7 +18,7 @@ from app.api import errors
 from app.api.deps import Tokens
 from app.api.middleware import ServiceMiddleware
 from app.api.observability import Metrics, configure_logging, log
-from app.api.routes import health, jobs, models, predict, v2
+from app.api.routes import health, jobs, models, predict, runs, v2
 from app.api.dataplane import ModelStore
 from app.api.jobs import JobRunner, JobStore
 from app.core.registry import Registry
@@ -74,6 +74,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.tokens = tokens_for(settings)  # before the app serves: every worker reads the same token
     errors.install(app)
     app.add_middleware(ServiceMiddleware, settings=settings, metrics=metrics)
-    for router in (health.router, predict.router, models.router, jobs.router, v2.router):
+    for router in (health.router, predict.router, models.router, runs.router, jobs.router, v2.router):
         app.include_router(router)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from app.core.schema import COLUMNS, FEATURE_NAMES
 
@@ -24,7 +24,9 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     halos: list[Halo] | None = Field(None, description="row form: one object per halo")
     columns: dict[str, list[float]] | None = Field(None, description="columnar form: feature name -> values")
-    path: Literal["raw", "smogn"] = "raw"
+    variant: Literal["raw", "smogn"] = Field("raw", validation_alias=AliasChoices("variant", "path"),
+                                             description="training variant (raw or smogn); 'path' is its "
+                                                         "deprecated name, accepted for one release")
     targets: list[str] | None = Field(None, max_length=8,
                                       description="subset of smass, sSFR, radius, color (default: all served)")
     model: str | None = Field(None, max_length=256,
@@ -65,7 +67,8 @@ class HaloWarning(BaseModel):
 
 class PredictResponse(BaseModel):
     n_halos: int
-    path: str
+    variant: str
+    path: str = Field(description="deprecated: the same as 'variant'", json_schema_extra={"deprecated": True})
     predictions: dict[str, list[float]] = Field(description="target -> one value per halo, in request order")
     units: dict[str, str]
     models: list[ModelUsed]

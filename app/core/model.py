@@ -1,21 +1,21 @@
 """Prediction with registered ONNX graphs through onnxruntime (the only runtime the service needs).
 
-The same code serves ``galaxypaint predict``, painting and the HTTP API.  Inputs are the 5 halo
+``GalaxyModel`` is the one model object: the CLI, the data plane, jobs, the painting engines and the
+report all predict through it.  Inputs are the 5 halo
 features in schema order, in schema units, as float64; outputs are the targets in their units.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from app.core.registry import (InvalidReference, ModelNotFound, ModelVersion, Registry, check_alias, parse_reference,
-                          parse_version)
-from app.core.schema import FEATURE_NAMES, TARGET_NAMES
+from app.core.registry import ArtefactUnavailable, InvalidReference, ModelNotFound, ModelVersion, Registry
+from app.core.schema import FEATURE_NAMES, TARGET_NAMES, pred_column
 
 INPUT_NAME = "halo_features"
 
@@ -72,82 +72,84 @@ class LoadedModel:
         return run_batched(self.session, x, self.max_batch_rows, self.run_options)
 
 
-def is_reference(model: str | None, names: Collection[str] = ()) -> bool:
-    """Whether a ``model`` choice names one model (``NAME``, ``NAME@ALIAS``, ``NAME/V``, ``models:/...``)
-    rather than an alias or version applied to every target's default stack."""
-    return model is not None and ("@" in model or "/" in model or model.startswith("models:/") or model in names)
+class GalaxyModel:
+    """The galaxy properties of a set of halos, from pinned registered versions: the one model object.
 
-
-def model_choice(model: str | None, default: str, names: Collection[str] = ()) -> tuple[str, str | None, int | None]:
-    """(name, alias, version) to look up for a ``model`` choice: None (the default stack at
-    ``production``, else its latest version), a version number, an alias, or a full reference.
-    Raises ``InvalidReference`` if ``model`` is none of these."""
-    if model is None:
-        return default, None, None
-    if model.isascii() and model.isdigit():  # str.isdigit alone takes '²', which int() refuses
-        return default, None, parse_version(model)
-    if is_reference(model, names):
-        return parse_reference(model)
-    return default, check_alias(model), None
-
-
-class StackPredictor:
-    """The serving models of several targets on one path, loaded once.
-
-    ``model`` picks something else than the default ``<target>-<path>-stack@production``: an alias
-    (``staging``), a version number (``3``), or a full reference (``smass-raw-stack@staging``) when a
-    single target is asked for.
+    Built from what a user asks for (``from_registry``: targets, variant, model choice, resolved once
+    by ``Registry.resolve_choice``) or from versions pinned earlier (``from_pinned``: a paint job
+    records the versions it was accepted with, a Dask worker receives them) — never re-resolved
+    later, so an alias that moves meanwhile changes nothing.  Used by the CLI, the data plane, the
+    job worker, the painting engines and the report.
     """
 
-    def __init__(self, registry: Registry, path: str = "raw", targets: Sequence[str] | None = None,
-                 model: str | None = None, threads: int = 0) -> None:
+    def __init__(self, registry: Registry, versions: dict[str, ModelVersion], variant: str, threads: int = 0,
+                 loader: Callable[[ModelVersion], LoadedModel] | None = None) -> None:
         self.registry = registry
-        self.path = path
-        self._names = set(registry.names())
-        self.targets = tuple(targets) if targets else tuple(
-            t for t in TARGET_NAMES if f"{t}-{path}-stack" in self._names)
-        if not self.targets:
-            raise ModelNotFound(f"no {path}-path stack models in {registry.root}: train first "
-                                "(galaxypaint train --data FILE)")
-        self.models: dict[str, LoadedModel] = {}
-        for target in self.targets:
-            if target not in TARGET_NAMES:
-                raise InvalidReference(f"unknown target {target!r}: choose from {', '.join(TARGET_NAMES)}")
-            mv = self._resolve(target, model)
-            self.models[target] = LoadedModel.load(registry, mv, threads)
+        self.variant = variant
+        self.versions = dict(versions)
+        self.targets = tuple(versions)
+        load = loader or (lambda mv: LoadedModel.load(registry, mv, threads))
+        self.models = {t: load(mv) for t, mv in self.versions.items()}
 
-    def _resolve(self, target: str, model: str | None) -> ModelVersion:
-        name, alias, version = model_choice(model, f"{target}-{self.path}-stack", self._names)
-        mv = self.registry.get(name, version=version, alias=alias)
-        if mv.target != target:
-            raise InvalidReference(f"model {mv.uri} predicts {mv.target}, not {target}")
-        return mv
+    @classmethod
+    def from_registry(cls, registry: Registry, targets: Sequence[str] | None = None, variant: str = "raw",
+                      model: str | None = None, threads: int = 0) -> "GalaxyModel":
+        return cls(registry, resolve(registry, targets, variant, model), variant, threads)
+
+    @classmethod
+    def from_pinned(cls, registry: Registry, pinned: Sequence[dict], variant: str, threads: int = 0,
+                    loader: Callable[[ModelVersion], LoadedModel] | None = None) -> "GalaxyModel":
+        """Versions recorded by ``pinned()``; refused if a record changed since (sha256)."""
+        versions = {}
+        for p in pinned:
+            mv = registry.get(p["name"], version=int(p["version"]))
+            if mv.sha256 != p["sha256"]:
+                raise ArtefactUnavailable(f"{mv.uri} is not the version pinned (sha256 {p['sha256'][:12]}...)")
+            versions[p["target"]] = mv
+        return cls(registry, versions, variant, threads, loader)
+
+    def pinned(self) -> list[dict]:
+        """(target, name, version, sha256) of every model used: what jobs and painted files record."""
+        return [{"target": t, "name": mv.name, "version": mv.version, "sha256": mv.sha256,
+                 "aliases": list(mv.aliases)} for t, mv in self.versions.items()]
 
     def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """target -> predictions [N] for features ``x`` [N, 5] (schema order and units)."""
         return {t: m.predict(x) for t, m in self.models.items()}
 
-    def describe(self) -> list[dict[str, object]]:
-        return [{"target": t, "name": m.version.name, "version": m.version.version, "sha256": m.version.sha256,
-                 "aliases": list(m.version.aliases)} for t, m in self.models.items()]
+
+def resolve(registry: Registry, targets: Sequence[str] | None, variant: str,
+            model: str | None = None) -> dict[str, ModelVersion]:
+    """target -> the pinned version serving it (default targets: every one with a ``variant`` stack)."""
+    if targets:
+        bad = [t for t in targets if t not in TARGET_NAMES]
+        if bad:
+            raise InvalidReference(f"unknown target {', '.join(bad)}: choose from {', '.join(TARGET_NAMES)}")
+    wanted = list(targets) if targets else registry.default_targets(variant)
+    if not wanted:
+        raise ModelNotFound(f"no {variant}-variant stack models in {registry.root}: train first "
+                            "(galaxypaint train --data FILE)")
+    return dict(zip(wanted, registry.resolve_choice(model, wanted, variant)))
 
 
-def predict_table(df: pd.DataFrame, predictor: StackPredictor, chunk_rows: int = 16384,
+def with_predictions(df: pd.DataFrame, values: dict[str, np.ndarray]) -> pd.DataFrame:
+    """``df`` (untouched) with one ``<target>_pred`` column per target: the one writer of those columns."""
+    out = df.copy()
+    for target, v in values.items():
+        out[pred_column(target)] = v
+    return out
+
+
+def predict_table(df: pd.DataFrame, model: GalaxyModel, chunk_rows: int = 16384,
                   progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-    """``df`` with one ``<target>_pred`` column per target appended (the input columns untouched).
-
-    Rows are predicted in chunks of ``chunk_rows``; ``progress(done, total)`` is called after each.
-    """
+    """``df`` with the ``<target>_pred`` columns appended, predicted ``chunk_rows`` at a time."""
     x = df[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
-    preds = {t: np.empty(len(x)) for t in predictor.targets}
+    preds = {t: np.empty(len(x)) for t in model.targets}
     if progress:
         progress(0, len(x))
     for start in range(0, len(x), chunk_rows):
-        for target, values in predictor.predict(x[start:start + chunk_rows]).items():
+        for target, values in model.predict(x[start:start + chunk_rows]).items():
             preds[target][start:start + len(values)] = values
         if progress:
             progress(min(start + chunk_rows, len(x)), len(x))
-    out = df.copy()
-    for target, values in preds.items():
-        out[f"{target}_pred"] = values
-    return out
-
+    return with_predictions(df, preds)

@@ -18,6 +18,17 @@ aliases are upserted, so clients creating the same alias at once all succeed (th
 
 Model references: ``name`` (alias ``production`` if set, else the latest version), ``name@alias``,
 ``name/3`` (version 3, ASCII digits, 1 to 2**31-1), optionally prefixed with ``models:/``.
+``resolve_choice`` is the one place that turns what a user asks for (nothing, an alias, a version
+number or a reference) into pinned versions of the models serving each target.
+
+A version covers one target (``<target>-<variant>-<kind>``, e.g. ``smass-raw-stack``) or several
+(``targets`` lists them; named ``<variant>-<kind>``, e.g. ``raw-sampler``, the joint model of all
+four properties).  An alias means the same for both: which version of that name answers.
+``variant`` is the training variant (``raw`` or ``smogn``; ``path`` before release 0.2).
+
+Runs keep their report (figures and tables, written at training time) as run artefacts under
+``artefacts/runs/<run_id>/``, sha256-recorded like models: a server can show them without the
+training table or the ``training`` package.
 
 Errors are ``RegistryError`` subclasses, so callers choose a status by type, never by message:
 ``ModelNotFound`` (no such model, version, alias or run), ``InvalidReference`` (malformed name, alias
@@ -34,20 +45,20 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint, create_engine, event, func,
-                        select)
+from sqlalchemy import JSON, Connection, DateTime, ForeignKey, Integer, String, UniqueConstraint, func, select, text
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-DB_NAME = "registry.sqlite"
+from app.core.db import DB_NAME, columns, make_engine, migrate
+
 DEFAULT_ALIAS = "production"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -89,9 +100,10 @@ class ModelVersionRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), index=True)
     version: Mapped[int] = mapped_column(Integer)
-    target: Mapped[str] = mapped_column(String(32))
-    path: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(32))  # the first (or only) target
+    variant: Mapped[str] = mapped_column(String(32))
     kind: Mapped[str] = mapped_column(String(32))
+    targets: Mapped[list | None] = mapped_column(JSON, nullable=True)  # every target a version answers
     artefact: Mapped[str] = mapped_column(String(512))
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
@@ -130,6 +142,40 @@ class RunRow(Base):
     package_versions: Mapped[dict] = mapped_column(JSON, default=dict)
 
 
+class RunArtefactRow(Base):
+    """A file of a run's report (figure, table), stored beside the models."""
+
+    __tablename__ = "run_artefacts"
+    __table_args__ = (UniqueConstraint("run_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("runs.run_id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    media_type: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+def _rename_path_to_variant(conn: Connection) -> None:
+    """0.1 -> 0.2: ``model_versions.path`` (the training variant) is called ``variant``."""
+    have = columns(conn, "model_versions")
+    if "path" in have and "variant" not in have:
+        conn.execute(text("ALTER TABLE model_versions RENAME COLUMN path TO variant"))
+
+
+def _add_targets(conn: Connection) -> None:
+    """0.1 -> 0.2: versions may cover several targets; a single-target version lists its own."""
+    if "targets" not in columns(conn, "model_versions"):
+        conn.execute(text("ALTER TABLE model_versions ADD COLUMN targets JSON"))
+    conn.execute(text("UPDATE model_versions SET targets = json_array(target) WHERE targets IS NULL"))
+
+
+#: forward-only schema migrations of the registry's tables (``app.core.db.migrate``); append, never edit
+MIGRATIONS = (_rename_path_to_variant, _add_targets)
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     """A registered model version (plain data, detached from the database session)."""
@@ -137,7 +183,7 @@ class ModelVersion:
     name: str
     version: int
     target: str
-    path: str
+    variant: str
     kind: str
     artefact: Path
     sha256: str
@@ -153,6 +199,7 @@ class ModelVersion:
     training_domain: dict
     extra: dict
     aliases: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
 
     @property
     def uri(self) -> str:
@@ -226,22 +273,24 @@ class Registry:
         if not create and not db.exists():
             raise ModelNotFound(f"no model registry at {self.root} (train a model first, or say --registry DIR)")
         self.root.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(f"sqlite:///{db}", future=True)
-
-        @event.listens_for(self.engine, "connect")
-        def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercised on every connect
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=10000")
-            cur.close()
-
-        Base.metadata.create_all(self.engine)
+        self.database = db
+        self.engine = make_engine(db)
+        # old registries first get their columns renamed, then any table they lack; new ones are
+        # created whole and the migrations find nothing to do
+        with self.engine.connect() as conn:
+            existing = bool(columns(conn, "model_versions"))
+        if existing:
+            migrate(self.engine, "registry", MIGRATIONS)
+            Base.metadata.create_all(self.engine)
+        else:
+            Base.metadata.create_all(self.engine)
+            migrate(self.engine, "registry", MIGRATIONS)
 
     # ------------------------------------------------------------------ helpers
     def _to_version(self, row: ModelVersionRow, aliases: tuple[str, ...]) -> ModelVersion:
         return ModelVersion(
-            name=row.name, version=row.version, target=row.target, path=row.path, kind=row.kind,
+            name=row.name, version=row.version, target=row.target, variant=row.variant, kind=row.kind,
+            targets=tuple(row.targets or (row.target,)),
             artefact=self.root / row.artefact, sha256=row.sha256, size_bytes=row.size_bytes,
             created_at=row.created_at.replace(tzinfo=row.created_at.tzinfo or UTC), run_id=row.run_id,
             metrics=row.metrics or {}, hyperparameters=row.hyperparameters or {}, seed=row.seed,
@@ -276,14 +325,62 @@ class Registry:
         with Session(self.engine) as s:
             return list(s.scalars(select(RunRow.run_id).order_by(RunRow.created_at)))
 
+    def add_run_artefact(self, run_id: str, name: str, data: bytes, media_type: str) -> None:
+        """Store one file of a run's report (written atomically, sha256 recorded; replaced if re-added)."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", name):
+            raise InvalidReference(f"invalid run artefact name {_q(name)}")
+        self.get_run(run_id)
+        rel = Path("artefacts") / "runs" / run_id / name
+        final = self.root / rel
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".artefact-", suffix=".tmp", dir=final.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        now = datetime.now(UTC)
+        values = dict(run_id=run_id, name=name, media_type=media_type, path=str(rel),
+                      sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), created_at=now)
+        with Session(self.engine) as s, s.begin():
+            s.execute(sqlite_insert(RunArtefactRow).values(**values).on_conflict_do_update(
+                index_elements=["run_id", "name"], set_={k: v for k, v in values.items() if k not in ("run_id", "name")}))
+
+    def run_artefacts(self, run_id: str) -> list[dict[str, Any]]:
+        """The report files stored with a run: name, media type, size, sha256."""
+        with Session(self.engine) as s:
+            rows = s.scalars(select(RunArtefactRow).where(RunArtefactRow.run_id == run_id)
+                             .order_by(RunArtefactRow.name))
+            return [{"name": r.name, "media_type": r.media_type, "size_bytes": r.size_bytes, "sha256": r.sha256}
+                    for r in rows]
+
+    def read_run_artefact(self, run_id: str, name: str) -> tuple[bytes, str]:
+        """(bytes, media type) of a run's report file, sha256-checked."""
+        with Session(self.engine) as s:
+            row = s.scalar(select(RunArtefactRow).where(RunArtefactRow.run_id == run_id, RunArtefactRow.name == name))
+            if row is None:
+                raise ModelNotFound(f"run {_q(run_id)} has no artefact {_q(name)}")
+            path, digest, media = self.root / row.path, row.sha256, row.media_type
+        try:
+            data = path.read_bytes()
+        except OSError:
+            raise ArtefactUnavailable(f"run artefact {name} of {run_id} is missing: {path}") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ArtefactUnavailable(f"run artefact {name} of {run_id} has been modified; refusing it")
+        return data, media
+
     # ------------------------------------------------------------------ publish
-    def publish(self, name: str, model_bytes: bytes, *, target: str, path: str, kind: str,
+    def publish(self, name: str, model_bytes: bytes, *, target: str, variant: str, kind: str,
+                targets: tuple[str, ...] | None = None,
                 metrics: dict | None = None, hyperparameters: dict | None = None, seed: int | None = None,
                 data_fingerprint: str | None = None, package_versions: dict | None = None,
                 feature_schema: list | None = None, training_domain: dict | None = None,
                 run_id: str | None = None, extra: dict | None = None,
                 aliases: tuple[str, ...] = ()) -> ModelVersion:
-        """Store ``model_bytes`` as the next version of ``name`` (atomically) and return it."""
+        """Store ``model_bytes`` as the next version of ``name`` (atomically) and return it.
+
+        ``target`` is the version's first target; ``targets`` lists all of them for a model that
+        answers several (default: ``(target,)``)."""
         if not _NAME_RE.fullmatch(name):
             raise InvalidReference(f"invalid model name {_q(name)}")
         for alias in aliases:
@@ -315,7 +412,8 @@ class Registry:
                 try:
                     with Session(self.engine) as s, s.begin():
                         s.add(ModelVersionRow(
-                            name=name, version=version, target=target, path=path, kind=kind, artefact=str(rel),
+                            name=name, version=version, target=target, variant=variant, kind=kind,
+                            targets=list(targets or (target,)), artefact=str(rel),
                             sha256=digest, size_bytes=len(model_bytes), created_at=datetime.now(UTC),
                             run_id=run_id, metrics=metrics or {}, hyperparameters=hyperparameters or {},
                             seed=seed, data_fingerprint=data_fingerprint, package_versions=package_versions or {},
@@ -419,15 +517,38 @@ class Registry:
         """The latest version of every model name (with its aliases)."""
         return [self.versions(n)[-1] for n in self.names()]
 
-    def find(self, target: str, path: str, kind: str = "stack", alias: str | None = DEFAULT_ALIAS) -> ModelVersion:
-        """The model serving ``target`` on ``path``: by convention named ``<target>-<path>-<kind>``."""
-        name = model_name(target, path, kind)
-        try:
-            return self.get(name, alias=alias) if alias else self.get(name)
-        except ModelNotFound:
-            if alias == DEFAULT_ALIAS:
-                return self.get(name)
-            raise
+    def default_targets(self, variant: str, kind: str = "stack") -> list[str]:
+        """The targets that have a default ``kind`` model on ``variant``, in schema order."""
+        from app.core.schema import TARGET_NAMES
+
+        names = set(self.names())
+        return [t for t in TARGET_NAMES if model_name(t, variant, kind) in names]
+
+    def resolve_choice(self, model: str | None, targets: Sequence[str], variant: str,
+                       kind: str = "stack") -> list[ModelVersion]:
+        """The version serving each target, pinned: the one place a user's model choice is read.
+
+        ``model`` is None (each target's default ``<target>-<variant>-<kind>`` at ``production``,
+        else its latest version), a version number or an alias applied to every default, or a
+        reference to one model (``NAME``, ``NAME@ALIAS``, ``NAME/V``, ``models:/...``) which must
+        answer every target asked for.  A bare word is a model name if a model has that name, else
+        an alias.
+        """
+        if model is None or model.isdigit() or ("@" not in model and "/" not in model
+                                                  and model not in self.names()):
+            if model is None:
+                version, alias = None, None
+            elif model.isascii() and model.isdigit():
+                version, alias = parse_version(model), None
+            else:
+                version, alias = None, check_alias(model)
+            return [self.get(model_name(t, variant, kind), version=version, alias=alias) for t in targets]
+        name, alias, version = parse_reference(model)
+        mv = self.get(name, version=version, alias=alias)
+        missing = [t for t in targets if t not in mv.targets]
+        if missing:
+            raise InvalidReference(f"model {mv.uri} predicts {', '.join(mv.targets)}, not {', '.join(missing)}")
+        return [mv] * len(targets)
 
     # ------------------------------------------------------------------ loading
     def load_bytes(self, mv: ModelVersion) -> bytes:
@@ -458,9 +579,10 @@ class Registry:
             raise ArtefactUnavailable(f"artefact of {mv.uri} cannot be loaded by onnxruntime: {reason}") from None
 
 
-def model_name(target: str, path: str, kind: str) -> str:
-    """Conventional model name, e.g. ``smass-raw-stack``."""
-    return f"{target}-{path}-{kind}"
+def model_name(target: str | None, variant: str, kind: str) -> str:
+    """Conventional model name: ``smass-raw-stack`` for one target, ``raw-sampler`` (target None) for a
+    model of several."""
+    return f"{variant}-{kind}" if target is None else f"{target}-{variant}-{kind}"
 
 
 def json_default(o: Any) -> Any:

@@ -103,6 +103,15 @@ TNG300_FEATURE_MOMENTS: dict[str, tuple[float, float]] = {
 PAPER_PEARSON_R: dict[str, float] = {"smass": 0.98, "sSFR": 0.80, "radius": 0.74, "color": 0.65}
 
 
+#: suffix of the columns that hold a property painted onto halos (``smass_pred``)
+PRED_SUFFIX = "_pred"
+
+
+def pred_column(target: str) -> str:
+    """The column a painted or predicted ``target`` is written to."""
+    return target + PRED_SUFFIX
+
+
 def _alias_table() -> dict[str, str]:
     table: dict[str, str] = {}
     for col in COLUMNS.values():

@@ -4,31 +4,36 @@ The output is the input catalog with one ``<target>_pred`` column per target (as
 predict`` writes), written incrementally to a temporary file and renamed into place at the end:
 memory stays flat whatever the catalog size, and a failure (a bad row, a cancellation) leaves no
 output and says which chunk and rows were bad.  ``compute_delta3`` derives ``Delta3_h`` from the
-halo positions (periodic box) for catalogs that lack it.  Used by the CLI (``galaxypaint paint``),
-the Dask engine and the service's paint jobs.
+halo positions (periodic box) for catalogs that lack it.
+
+Painted output keeps every input column (IDs, positions, the user's own columns stay joined to their
+galaxies).  That is safe for the service too: catalogs are inspected before they are read, so every
+column comes from the file's own bytes (``app.core.catalog_inspect``).
+
+``paint(spec)`` is the one entry point: the CLI (``galaxypaint paint``), the service's paint jobs
+and the Dask engine (``app.painting.dask_engine``, one ``paint_frame`` per partition) all go through
+the same ``PaintSpec``, the same chunk painter and the same provenance metadata.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
-from app import __version__
 from app.core.catalog_stream import ChunkReader, ChunkWriter
 from app.core.catalogs import CatalogError, detect_format, validate
 from app.core.environment import delta3_slabs
-from app.core.model import StackPredictor
+from app.core.model import GalaxyModel, with_predictions
 from app.core.registry import Registry
 from app.core.schema import FEATURE_NAMES, POSITION_NAMES
+from app.painting.spec import PaintSpec
 
 Progress = Callable[[int, int], None]
-DEFAULT_CHUNK_ROWS = 1 << 18
 
 
-def paint_frame(df, predictor: StackPredictor, row_offset: int = 0, range_policy: str = "error"):
+def paint_frame(df, model: GalaxyModel, row_offset: int = 0, range_policy: str = "error"):
     """One chunk: validate the features (errors name the rows, counted from the file start) and append
     the ``<target>_pred`` columns.  Returns (painted frame, warnings).
 
@@ -40,56 +45,70 @@ def paint_frame(df, predictor: StackPredictor, row_offset: int = 0, range_policy
         raise CatalogError(f"rows {row_offset:,}-{row_offset + len(df) - 1:,}: {exc} "
                            f"(row numbers within this chunk)") from None
     x = df[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
-    out = df.copy()
-    for target, values in predictor.predict(x).items():
-        bad = np.flatnonzero(~np.isfinite(values))
+    values = model.predict(x)
+    for target, v in values.items():
+        bad = np.flatnonzero(~np.isfinite(v))
         if len(bad):
             raise CatalogError(f"row {row_offset + bad[0]:,}: the {target} prediction is not finite")
-        out[f"{target}_pred"] = values
-    return out, report.warnings
+    return with_predictions(df, values), report.warnings
 
 
-def paint_file(catalog: str | Path, out: str | Path, registry: Registry, path: str = "raw",
-               targets: Sequence[str] | None = None, model: str | None = None, columns: str | None = None,
-               chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: Progress | None = None, threads: int = 0,
-               compute_delta3: bool = False, box: float | None = None,
-               predictor: StackPredictor | None = None, range_policy: str = "error") -> dict:
-    """Paint ``catalog`` into ``out`` (format from the extension); returns a summary of the run."""
-    detect_format(out)
+def delta3_for(reader: ChunkReader, spec: PaintSpec) -> np.ndarray | None:
+    """``Delta3_h`` computed from the positions when the spec asks for it (None: the catalog's column),
+    after checking the catalog can be painted at all."""
+    if spec.compute_delta3:
+        pos = reader.read_columns(list(POSITION_NAMES)).to_numpy(dtype=np.float64)
+        box = float(spec.box)  # type: ignore[arg-type]
+        if not np.isfinite(pos).all() or pos.min() < -1e-6 * box or pos.max() > box * (1 + 1e-6):
+            raise CatalogError(f"halo positions must be finite and within [0, {box:g}] Mpc/h to compute Delta3_h")
+        return delta3_slabs(pos, box)
+    if "Delta3_h" not in reader.columns:
+        raise CatalogError("the catalog has no Delta3_h column: map it with --columns Delta3_h=NAME, or "
+                           "compute it from the positions with --compute-delta3 --box L")
+    missing = [f for f in FEATURE_NAMES if f not in reader.columns]
+    if missing:
+        raise CatalogError(f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} in {reader.path}")
+    return None
+
+
+def id_column(columns) -> str | None:
+    return "ID" if "ID" in columns else None
+
+
+def paint(spec: PaintSpec, registry: Registry, progress: Progress | None = None) -> dict:
+    """Paint ``spec.catalog`` into ``spec.out`` with its engine; returns a summary of the run."""
+    if spec.engine == "dask":
+        from app.painting.dask_engine import paint_dask
+
+        return paint_dask(spec, registry, progress)
+    return paint_file(spec, registry, progress)
+
+
+def paint_file(spec: PaintSpec, registry: Registry, progress: Progress | None = None) -> dict:
+    """The streaming engine: chunk by chunk, in this process."""
+    detect_format(spec.out)
     t0 = time.perf_counter()
-    predictor = predictor or StackPredictor(registry, path=path, targets=targets, model=model, threads=threads)
+    model = GalaxyModel.from_pinned(registry, spec.pinned, spec.variant, spec.threads)
     warnings: list[str] = []
-    with ChunkReader(catalog, columns) as reader:
+    with ChunkReader(spec.catalog, spec.columns, max_bytes=spec.max_bytes) as reader:
         if reader.n_rows == 0:
-            raise CatalogError(f"{catalog} has no rows")
-        d3 = None
-        if compute_delta3:
-            if not box or box <= 0:
-                raise CatalogError("computing Delta3_h needs the periodic box size (--box, Mpc/h)")
-            pos = reader.read_columns(list(POSITION_NAMES)).to_numpy(dtype=np.float64)
-            if not np.isfinite(pos).all() or pos.min() < -1e-6 * box or pos.max() > box * (1 + 1e-6):
-                raise CatalogError(f"halo positions must be finite and within [0, {box:g}] Mpc/h to compute Delta3_h")
-            d3 = delta3_slabs(pos, box)
-            del pos
-        elif "Delta3_h" not in reader.columns:
-            raise CatalogError("the catalog has no Delta3_h column: map it with --columns Delta3_h=NAME, or "
-                               "compute it from the positions with --compute-delta3 --box L")
-        meta = {"kind": "painted", "models": predictor.describe(), "path": predictor.path, "source": str(catalog),
-                "delta3": "computed (3 Mpc/h, haloes as tracers)" if compute_delta3 else "input",
-                "galaxypaint": __version__}
-        with ChunkWriter(out, metadata=meta) as writer:
+            raise CatalogError(f"{spec.catalog} has no rows")
+        d3 = delta3_for(reader, spec)
+        with ChunkWriter(spec.out, metadata=spec.provenance(id_column(reader.columns))) as writer:
             if progress:
                 progress(0, reader.n_rows)
-            for start, chunk in reader.chunks(chunk_rows):
+            for start, chunk in reader.chunks(spec.chunk_rows):
                 if d3 is not None:
                     chunk["Delta3_h"] = d3[start:start + len(chunk)]
-                painted, warn = paint_frame(chunk, predictor, start, range_policy)
+                painted, warn = paint_frame(chunk, model, start, spec.range_policy)
                 warnings += warn[:3]
                 writer.write(painted)
                 if progress:
                     progress(start + len(chunk), reader.n_rows)
             written = writer.commit()
-    seconds = time.perf_counter() - t0
-    n = reader.n_rows
-    return {"rows": n, "output": str(written), "models": predictor.describe(), "path": predictor.path,
-            "seconds": seconds, "rows_per_second": n / max(seconds, 1e-9), "warnings": warnings[:10]}
+    return summary(spec, reader.n_rows, str(written), time.perf_counter() - t0, warnings)
+
+
+def summary(spec: PaintSpec, rows: int, output: str, seconds: float, warnings: list[str], **extra) -> dict:
+    return {"rows": rows, "output": output, "models": list(spec.pinned), "variant": spec.variant, "mode": spec.mode,
+            "seconds": seconds, "rows_per_second": rows / max(seconds, 1e-9), "warnings": warnings[:10], **extra}

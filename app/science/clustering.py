@@ -20,9 +20,7 @@ import numpy as np
 import pandas as pd
 
 from app.science.power_spectrum import PowerSpectrum, default_k_edges, gaussian_error, power_spectrum
-from app.core.schema import PAPER_BIN_EDGES, POSITION_NAMES, TARGET_NAMES
-
-PRED_SUFFIX = "_pred"
+from app.core.schema import PAPER_BIN_EDGES, POSITION_NAMES, PRED_SUFFIX, TARGET_NAMES
 
 
 @dataclass

@@ -31,7 +31,7 @@ def _positive(values: np.ndarray) -> np.ndarray:
     return np.where(values > 0, values, np.nan)
 
 
-def plot_clustering(results: Sequence[BinComparison], out: Path, title: str = "") -> Path:
+def plot_clustering(results: Sequence[BinComparison], out: Path, title: str = "", fmt: str | None = None) -> Path:
     """The paper's Fig. 9: per property (columns) and bin (rows), P(k) of the true population (band:
     the Gaussian error) and of the predicted one, with the residual (P_pred - P_true)^2 / sigma^2 below."""
     plt = _pyplot()
@@ -80,6 +80,6 @@ def plot_clustering(results: Sequence[BinComparison], out: Path, title: str = ""
         fig.suptitle(title, fontsize=11)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
+    fig.savefig(out, dpi=110, bbox_inches="tight", format=fmt)
     plt.close(fig)
     return out

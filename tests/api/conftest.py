@@ -64,22 +64,9 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def trained_registry(tmp_path_factory):
-    """Fast-preset smass and sSFR stacks on a small built-in catalog, and a data directory."""
-    pytest.importorskip("lightgbm")
-    from app.core.catalogs import write_table
-    from app.core.registry import Registry
-    from training.demo_catalog import make_demo_catalog
-    from training.pipeline import TrainConfig, run_training
-
-    root = tmp_path_factory.mktemp("service")
-    df = make_demo_catalog(n=4000, seed=12)
-    reg = Registry(root / "models")
-    run_training(df, reg, TrainConfig(targets=("smass", "sSFR"), paths=("raw",), preset="fast", seed=1))
-    data_dir = root / "data"
-    data_dir.mkdir()
-    write_table(df.iloc[:3000], data_dir / "halos.parquet")
-    return root, df
+def trained_registry(trained):
+    """The session's trained registry (``tests/conftest.py``) and its data directory."""
+    return trained
 
 
 def wait_job(client, job_id: str, timeout: float = 120) -> dict:

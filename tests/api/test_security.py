@@ -322,7 +322,7 @@ def test_loaded_sessions_are_capped(live):
         assert client.get(f"/v2/models/{name}/ready").status_code == 200
     text = client.get("/metrics").text
     loaded = float(next(line.split()[-1] for line in text.splitlines() if line.startswith("galaxypaint_loaded_models")))
-    assert loaded <= 4 + 2  # the cap, plus the two pinned production stacks
+    assert loaded <= 4 + 3  # the cap, plus the three production stacks, which stay loaded
 
 
 # ----------------------------------------------------------------------------- jobs and crashes

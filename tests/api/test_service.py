@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("lightgbm")
 
 from app.core.catalogs import read_table, write_table  # noqa: E402
-from app.core.model import StackPredictor  # noqa: E402
+from app.core.model import GalaxyModel  # noqa: E402
 from app.api.jobs import JobStore  # noqa: E402
 from app.core.registry import Registry  # noqa: E402
 from app.core.schema import FEATURE_NAMES  # noqa: E402
@@ -52,13 +52,14 @@ def test_predict_rows_and_columns_match_local_onnx(server):
                                             "targets": ["sSFR"]})
     assert rows.status_code == 200 and cols.status_code == 200, rows.text + cols.text
     body = rows.json()
-    local = StackPredictor(Registry(root / "models", create=False)).predict(x)
+    local = GalaxyModel.from_registry(Registry(root / "models", create=False)).predict(x)
     np.testing.assert_allclose(body["predictions"]["smass"], local["smass"], rtol=0, atol=1e-12)
     np.testing.assert_allclose(cols.json()["predictions"]["sSFR"], local["sSFR"], rtol=0, atol=1e-12)
     assert list(cols.json()["predictions"]) == ["sSFR"]
-    assert {m["name"] for m in body["models"]} == {"smass-raw-stack", "sSFR-raw-stack"}
+    assert {m["name"] for m in body["models"]} == {"smass-raw-stack", "sSFR-raw-stack", "color-raw-stack"}
     assert body["units"]["smass"] == "log10 Msun/h"
-    domains = [Registry(root / "models", create=False).get(f"{t}-raw-stack").training_domain for t in ("smass", "sSFR")]
+    domains = [Registry(root / "models", create=False).get(f"{t}-raw-stack").training_domain
+               for t in ("smass", "sSFR", "color")]
     lo = np.max([[d[f]["min"] for f in FEATURE_NAMES] for d in domains], axis=0)
     hi = np.min([[d[f]["max"] for f in FEATURE_NAMES] for d in domains], axis=0)
     outside = np.flatnonzero(((x < lo) | (x > hi)).any(axis=1))
@@ -102,7 +103,7 @@ def test_open_inference_protocol_v2(server):
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["id"] == "r1" and out["model_version"] == "1" and out["outputs"][0]["shape"] == [7, 1]
-    local = StackPredictor(Registry(root / "models", create=False), targets=["smass"]).predict(
+    local = GalaxyModel.from_registry(Registry(root / "models", create=False), targets=["smass"]).predict(
         x.astype(np.float32).astype(np.float64))["smass"]
     np.testing.assert_allclose(out["outputs"][0]["data"], local, atol=1e-12)
     bad = client.post("/v2/models/smass-raw-stack/infer",
@@ -151,7 +152,7 @@ def test_paint_job_upload_then_pk_job(server, tmp_path):
     assert res.status_code == 200
     (tmp_path / "painted.hdf5").write_bytes(res.content)
     painted = read_table(tmp_path / "painted.hdf5")
-    local = StackPredictor(Registry(root / "models", create=False), targets=["smass"]).predict(
+    local = GalaxyModel.from_registry(Registry(root / "models", create=False), targets=["smass"]).predict(
         sample[list(FEATURE_NAMES)].to_numpy())["smass"]
     np.testing.assert_allclose(painted["smass_pred"].to_numpy(), local, atol=1e-12)
     pd.testing.assert_series_equal(painted["M_h"], sample["M_h"].reset_index(drop=True), check_names=False)

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
@@ -23,15 +23,15 @@ from app.api.errors import responses
 from app.api.observability import audit
 from app.api.schemas import JobInfo, JobPage, PkJobRequest
 from app.core.catalog_inspect import inspect_catalog_isolated
-from app.core.catalogs import CatalogError, detect_format
-from app.api.dataplane import PATHS, DataPlaneError, serving_versions
+from app.core.catalogs import CatalogError, detect_format, parse_column_mapping
+from app.api.dataplane import VARIANTS, DataPlaneError
 from app.api.jobs import FINAL, STATUSES, JobError, job_dir
 from app.core.schema import TARGET_NAMES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 OUTPUT_FORMATS = ("parquet", "hdf5", "csv")
-RESULT_PARTS = ("file", "figure", "csv")
+RESULT_PARTS = ("file", "figure", "csv", "summary_csv")
 _JOB_ID = re.compile(r"^job-[0-9a-f]{12}$")
 _MAX_PATH = 1024
 
@@ -113,25 +113,31 @@ async def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, 
                                                            description="or a catalog path in the data directory")] = None,
                        columns: Annotated[str | None, Form(max_length=4096,
                                                            description="column mapping NAME=SOURCE[,...]")] = None,
-                       path: Annotated[str, Form(max_length=16, description="raw or smogn")] = "raw",
+                       variant: Annotated[str | None, Form(max_length=16, description="raw or smogn")] = None,
+                       path: Annotated[str | None, Form(max_length=16, deprecated=True,
+                                                        description="deprecated name of 'variant'")] = None,
                        targets: Annotated[str | None, Form(max_length=256, description="comma-separated targets")] = None,
                        model: Annotated[str | None, Form(max_length=256, description="alias, version or reference")] = None,
                        output_format: Annotated[str, Form(max_length=16, description="parquet, hdf5 or csv")] = "parquet"
                        ) -> dict:
     if (file is None) == (catalog is None):
         raise HTTPException(422, "file: give exactly one of 'file' (an upload) or 'catalog' (a server-side path)")
-    if path not in PATHS:
-        raise HTTPException(422, f"path: {path!r} is not one of {', '.join(PATHS)}")
+    field, variant = ("variant", variant) if variant is not None else ("path", path or "raw")
+    if variant not in VARIANTS:
+        raise HTTPException(422, f"{field}: {variant!r} is not one of {', '.join(VARIANTS)}")
     if output_format not in OUTPUT_FORMATS:
         raise HTTPException(422, f"output_format: {output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
-    wanted = _targets(targets) or [t for t in TARGET_NAMES if f"{t}-{path}-stack" in set(store.names())]
-    if not wanted:
-        raise HTTPException(404, f"path: no {path}-path stack is registered")
     try:
-        serving_versions(store, wanted, path, model)
+        mapping = parse_column_mapping(columns)
+    except CatalogError as exc:
+        raise HTTPException(422, f"columns: {exc}") from None
+    try:  # the job is pinned to the versions accepted now: a later alias move does not change its output
+        versions = store.resolve(_targets(targets), variant, model)
     except DataPlaneError as exc:
         raise HTTPException(exc.status, f"{exc.field or 'model'}: {exc}") from None
-    params = {"path": path, "targets": wanted, "model": model, "columns": columns, "output_format": output_format}
+    pinned = [{"target": t, "name": mv.name, "version": mv.version, "sha256": mv.sha256} for t, mv in versions.items()]
+    params = {"variant": variant, "targets": list(versions), "model": model, "models": pinned, "columns": mapping,
+              "output_format": output_format}
     job_id = f"job-{uuid.uuid4().hex[:12]}"
     if catalog is not None:
         source = _inside_data_dir(settings, catalog, "catalog")

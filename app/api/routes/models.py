@@ -24,7 +24,8 @@ def registry_aliases(registry, name: str) -> dict[str, int]:
 
 @router.get("", responses=responses())
 def list_models(registry: RegistryDep) -> dict:
-    return {"models": [{"name": m.name, "latest_version": m.version, "target": m.target, "path": m.path,
+    return {"models": [{"name": m.name, "latest_version": m.version, "target": m.target, "targets": list(m.targets),
+                        "variant": m.variant,
                         "kind": m.kind, "aliases": registry_aliases(registry, m.name)}
                        for m in registry.list_models()]}
 

@@ -33,9 +33,9 @@ async def predict(req: PredictRequest, store: StoreDep, settings: SettingsDep, m
         x = np.array([[getattr(h, f) for f in FEATURE_NAMES] for h in req.halos], dtype=np.float64)
     else:
         x = np.column_stack([np.asarray(req.columns[f], dtype=np.float64) for f in FEATURE_NAMES])  # type: ignore
-    pred = await run_in_threadpool(dataplane.predict, store, x, req.path, req.targets, req.model)
+    pred = await run_in_threadpool(dataplane.predict, store, x, req.variant, req.targets, req.model)
     for target in pred.values:
         metrics.predictions.labels(target, "v1").inc(n)
-    return PredictResponse(n_halos=n, path=req.path, predictions={t: v.tolist() for t, v in pred.values.items()},
+    return PredictResponse(n_halos=n, variant=req.variant, path=req.variant, predictions={t: v.tolist() for t, v in pred.values.items()},
                            units={t: COLUMNS[t].unit for t in pred.values}, models=pred.models,
                            warnings=pred.warnings)

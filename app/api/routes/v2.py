@@ -86,7 +86,7 @@ def _metadata(store, name: str, version: str | None) -> ModelMetadata:
     return ModelMetadata(name=name, versions=versions, platform="onnxruntime_onnx",
                          inputs=[TensorMeta(name=INPUT, datatype="FP64", shape=[-1, len(FEATURE_NAMES)])],
                          outputs=[TensorMeta(name=OUTPUT, datatype="FP64", shape=[-1, 1])],
-                         parameters={"target": mv.target, "path": mv.path, "kind": mv.kind, "version": mv.version,
+                         parameters={"target": mv.target, "targets": list(mv.targets), "variant": mv.variant, "kind": mv.kind, "version": mv.version,
                                      "feature_order": list(FEATURE_NAMES), "sha256": mv.sha256})
 
 

@@ -1,0 +1,74 @@
+"""What a painting run is: one spec object, built by the CLI, the job worker and the Dask engine alike.
+
+A spec names the catalog and the output, how the catalog's columns map onto the schema, which
+models (pinned versions, resolved once when the spec is made), the mode, the engine, the chunking,
+and what to do with features outside the schema's valid ranges.  ``provenance()`` is what a painted
+file records about how it was made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from app import __version__
+from app.core.catalogs import CatalogError, parse_column_mapping
+from app.core.model import resolve
+from app.core.registry import Registry
+
+Engine = Literal["local", "dask"]
+RangePolicy = Literal["error", "warn"]
+DEFAULT_CHUNK_ROWS = 1 << 18
+
+
+@dataclass(frozen=True)
+class PaintSpec:
+    catalog: Path
+    out: Path
+    variant: str = "raw"
+    pinned: tuple[dict, ...] = ()  # (target, name, version, sha256) of each model, from ``pin_models``
+    columns: dict[str, str] = field(default_factory=dict)  # schema name -> the catalog's column
+    mode: Literal["mean"] = "mean"
+    engine: Engine = "local"
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    range_policy: RangePolicy = "error"
+    compute_delta3: bool = False
+    box: float | None = None  # periodic box side [Mpc/h], needed to compute Delta3_h
+    threads: int = 0  # onnxruntime threads per session (0: all cores)
+    max_bytes: int | None = None  # largest decompressed catalog read (None: no limit)
+    scheduler: str | None = None  # Dask scheduler address (None: a LocalCluster)
+    dask_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.chunk_rows < 1:
+            raise CatalogError("chunk_rows must be positive")
+        if self.compute_delta3 and not (self.box and self.box > 0):
+            raise CatalogError("computing Delta3_h needs the periodic box size (--box, Mpc/h)")
+        if not self.pinned:
+            raise CatalogError("a paint spec needs pinned models (PaintSpec.create resolves them)")
+
+    @classmethod
+    def create(cls, registry: Registry, catalog: str | Path, out: str | Path, *, targets=None, model: str | None = None,
+               variant: str = "raw", columns: str | dict | None = None, **options) -> "PaintSpec":
+        """A spec whose models are resolved now (``model``: alias, version or reference) and pinned."""
+        versions = resolve(registry, targets, variant, model)
+        pinned = tuple({"target": t, "name": mv.name, "version": mv.version, "sha256": mv.sha256}
+                       for t, mv in versions.items())
+        mapping = parse_column_mapping(columns) if not isinstance(columns, dict) else dict(columns)
+        return cls(Path(catalog), Path(out), variant=variant, pinned=pinned, columns=mapping, **options)
+
+    def with_(self, **changes) -> "PaintSpec":
+        return replace(self, **changes)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(p["target"] for p in self.pinned)
+
+    def provenance(self, id_column: str | None) -> dict:
+        """The painted file's metadata: how its galaxies were made."""
+        return {"kind": "painted", "models": list(self.pinned), "variant": self.variant, "mode": self.mode,
+                "seed": None, "id_column": id_column or "row number in the input file",
+                "source": str(self.catalog),
+                "delta3": "computed (3 Mpc/h, haloes as tracers)" if self.compute_delta3 else "input",
+                "galaxypaint": __version__}
