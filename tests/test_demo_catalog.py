@@ -53,6 +53,7 @@ def test_bimodal_star_formation_and_zero_sfr_fraction(demo_small):
     assert df.loc[df["sSFR"] < -11, "M_h"].median() > df.loc[df["sSFR"] > -11, "M_h"].median() + 0.4
 
 
+@pytest.mark.slow
 def test_lightgbm_reaches_paper_pearson_r_and_importance_order(demo_small):
     lgb = pytest.importorskip("lightgbm")
     inspection = pytest.importorskip("sklearn.inspection")

@@ -56,9 +56,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import (JSON, DateTime, Float, String, Text, and_, create_engine, delete, event, func, or_,
+from sqlalchemy import (JSON, DateTime, Float, String, Text, and_, delete, func, or_,
                         select, update)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from app.core.db import columns, make_engine, migrate
 
 if TYPE_CHECKING:  # pragma: no cover
     from app.core.settings import Settings
@@ -196,33 +198,29 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _add_missing_columns(conn) -> None:
+    """0.1 -> 0.2: the job table gains ``worker`` and ``expired_at`` (nullable: old rows stay valid)."""
+    from sqlalchemy import text
+
+    have = columns(conn, JobRow.__tablename__)
+    for col in JobRow.__table__.columns:
+        if col.name not in have and col.nullable:
+            conn.execute(text(f"ALTER TABLE {JobRow.__tablename__} ADD COLUMN {col.name} "
+                              f"{col.type.compile(conn.dialect)}"))
+
+
+#: forward-only schema migrations of the job table (``app.core.db.migrate``); append, never edit
+JOB_MIGRATIONS = (_add_missing_columns,)
+
+
 class JobStore:
     """Jobs in ``<registry>/registry.sqlite`` (table ``jobs``), safe to open from several processes."""
 
     def __init__(self, database: str | Path) -> None:
         self.database = Path(database)
-        self.engine = create_engine(f"sqlite:///{self.database}", connect_args={"timeout": 30})
-
-        @event.listens_for(self.engine, "connect")
-        def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - runs on every connect
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
+        self.engine = make_engine(self.database)
         _Base.metadata.create_all(self.engine)
-        self._add_missing_columns()
-
-    def _add_missing_columns(self) -> None:
-        """Databases made by an earlier galaxypaint lack newer nullable columns: add them in place."""
-        from sqlalchemy import inspect, text
-
-        have = {c["name"] for c in inspect(self.engine).get_columns(JobRow.__tablename__)}
-        with self.engine.begin() as conn:
-            for col in JobRow.__table__.columns:
-                if col.name not in have and col.nullable:
-                    conn.execute(text(f"ALTER TABLE {JobRow.__tablename__} ADD COLUMN {col.name} "
-                                      f"{col.type.compile(self.engine.dialect)}"))
+        migrate(self.engine, "jobs", JOB_MIGRATIONS)
 
     def create(self, kind: str, params: dict[str, Any], job_id: str | None = None) -> dict:
         """Queue a job: the ``pending`` row is the whole submission (a runner picks it up)."""

@@ -15,7 +15,6 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from app.api.deps import JobsDep, RunnerDep, SettingsDep, StoreDep, SubmitDep
@@ -29,6 +28,8 @@ from app.api.jobs import FINAL, STATUSES, JobError, job_dir
 from app.core.schema import TARGET_NAMES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+# Every route here is a plain ``def``: FastAPI runs them in its thread pool, so their SQLite, file and
+# subprocess work never blocks the event loop.
 
 OUTPUT_FORMATS = ("parquet", "hdf5", "csv")
 RESULT_PARTS = ("file", "figure", "csv", "summary_csv")
@@ -107,7 +108,7 @@ def _check_quota(jobs, settings, incoming: int) -> None:
 
 
 @router.post("/paint", status_code=202, response_model=JobInfo, responses=responses(401, 403, 404, 507))
-async def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, store: StoreDep, caller: SubmitDep,
+def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, store: StoreDep, caller: SubmitDep,
                        file: Annotated[UploadFile | None, File(description="halo catalog (.csv, .parquet, .hdf5)")] = None,
                        catalog: Annotated[str | None, Form(max_length=_MAX_PATH,
                                                            description="or a catalog path in the data directory")] = None,
@@ -145,7 +146,7 @@ async def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, 
             detect_format(source)
         except CatalogError as exc:
             raise HTTPException(415, f"catalog: {exc}") from None
-        await run_in_threadpool(_inspect, source, settings, "catalog")
+        _inspect(source, settings, "catalog")
         job = jobs.create("paint", {**params, "input": str(source), "source": catalog}, job_id=job_id)
     else:
         name = (file.filename or "upload")[:255]
@@ -160,8 +161,8 @@ async def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, 
         target = work / f"input{suffix}"
         try:
             work.mkdir(parents=True, exist_ok=False)
-            await run_in_threadpool(_copy_upload, file, target)
-            await run_in_threadpool(_inspect, target, settings, "file")
+            _copy_upload(file, target)
+            _inspect(target, settings, "file")
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise

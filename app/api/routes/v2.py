@@ -114,8 +114,10 @@ def model_version_ready(name: ModelName, version: VersionText, store: StoreDep) 
     return {"name": name, "version": str(mv.version), "ready": True}
 
 
-def _predict(store, mv, x: np.ndarray) -> np.ndarray:
-    return check_outputs({mv.target: store.session(mv).predict(x)})[mv.target]
+def _predict(store, name: str, version: str | None, x: np.ndarray):
+    """Resolution (SQLite), session loading and onnxruntime: the blocking part, run off the event loop."""
+    mv = _version(store, name, version)
+    return mv, check_outputs({mv.target: store.session(mv).predict(x)})[mv.target]
 
 
 async def _infer(name: str, version: str | None, req: InferenceRequest, store, settings, metrics) -> InferenceResponse:
@@ -123,8 +125,7 @@ async def _infer(name: str, version: str | None, req: InferenceRequest, store, s
     if INPUT not in tensors:
         raise HTTPException(400, f"inputs: expected a tensor named {INPUT!r}, got {sorted(tensors)[:5] or 'none'}")
     x = check_features(tensor_values(tensors[INPUT], settings.max_batch_halos))
-    mv = _version(store, name, version)
-    values = await run_in_threadpool(_predict, store, mv, x)
+    mv, values = await run_in_threadpool(_predict, store, name, version, x)
     metrics.predictions.labels(mv.target, "v2").inc(len(values))
     return InferenceResponse(model_name=name, model_version=str(mv.version), id=req.id,
                              outputs=[TensorOut(name=OUTPUT, shape=[len(values), 1], datatype="FP64",
