@@ -183,6 +183,18 @@ def test_resolve_choice_is_the_one_reading_of_a_model_choice(tmp_path):
         reg.resolve_choice("canary", ["smass"], "raw")
 
 
+def test_a_model_named_by_reference_brings_its_own_targets(tmp_path):
+    """`predict --model smass-published/1` needs no --targets: the registry records the model's target."""
+    from app.core.model import resolve
+
+    reg = Registry(tmp_path)
+    _publish(reg)
+    _publish(reg, name="smass-published")
+    assert {t: mv.name for t, mv in resolve(reg, None, "raw", "smass-published/1").items()} == \
+        {"smass": "smass-published"}
+    assert list(resolve(reg, None, "raw", None)) == ["smass"]
+
+
 def test_unknown_names_versions_and_aliases_are_model_not_found(tmp_path):
     reg = Registry(tmp_path)
     _publish(reg)

@@ -120,12 +120,16 @@ class GalaxyModel:
 
 def resolve(registry: Registry, targets: Sequence[str] | None, variant: str,
             model: str | None = None) -> dict[str, ModelVersion]:
-    """target -> the pinned version serving it (default targets: every one with a ``variant`` stack)."""
+    """target -> the pinned version serving it.  Default targets: those of the one model ``model`` names,
+    else every target with a ``variant`` stack."""
     if targets:
         bad = [t for t in targets if t not in TARGET_NAMES]
         if bad:
             raise InvalidReference(f"unknown target {', '.join(bad)}: choose from {', '.join(TARGET_NAMES)}")
-    wanted = list(targets) if targets else registry.default_targets(variant)
+        wanted = list(targets)
+    else:
+        named = registry.referenced(model)
+        wanted = list(named.targets) if named is not None else registry.default_targets(variant)
     if not wanted:
         raise ModelNotFound(f"no {variant}-variant stack models in {registry.root}: train first "
                             "(galaxypaint train --data FILE)")

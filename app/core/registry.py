@@ -534,8 +534,8 @@ class Registry:
         answer every target asked for.  A bare word is a model name if a model has that name, else
         an alias.
         """
-        if model is None or model.isdigit() or ("@" not in model and "/" not in model
-                                                  and model not in self.names()):
+        named = self.referenced(model)
+        if named is None:
             if model is None:
                 version, alias = None, None
             elif model.isascii() and model.isdigit():
@@ -543,12 +543,19 @@ class Registry:
             else:
                 version, alias = None, check_alias(model)
             return [self.get(model_name(t, variant, kind), version=version, alias=alias) for t in targets]
-        name, alias, version = parse_reference(model)
-        mv = self.get(name, version=version, alias=alias)
-        missing = [t for t in targets if t not in mv.targets]
+        missing = [t for t in targets if t not in named.targets]
         if missing:
-            raise InvalidReference(f"model {mv.uri} predicts {', '.join(mv.targets)}, not {', '.join(missing)}")
-        return [mv] * len(targets)
+            raise InvalidReference(f"model {named.uri} predicts {', '.join(named.targets)}, not {', '.join(missing)}")
+        return [named] * len(targets)
+
+    def referenced(self, model: str | None) -> ModelVersion | None:
+        """The one model a choice names (``NAME``, ``NAME@ALIAS``, ``NAME/V``, ``models:/...``), or None
+        when the choice is nothing, a version number or an alias (applied to each target's default)."""
+        if model is None or model.isdigit() or ("@" not in model and "/" not in model
+                                                  and model not in self.names()):
+            return None
+        name, alias, version = parse_reference(model)
+        return self.get(name, version=version, alias=alias)
 
     # ------------------------------------------------------------------ loading
     def load_bytes(self, mv: ModelVersion) -> bytes:
