@@ -47,7 +47,6 @@ class ModelStore:
         self._pinned: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
         self._resolved: dict[tuple, ModelVersion] = {}
-        self._names: list[str] | None = None
         self._data_version: int | None = None
         self._watch = watch_connection(registry.root / DB_NAME)
 
@@ -57,14 +56,7 @@ class ModelStore:
             now = self._watch.execute("PRAGMA data_version").fetchone()[0]
             if now != self._data_version:
                 self._resolved.clear()
-                self._names = None
                 self._data_version = now
-
-    def names(self) -> list[str]:
-        self._check_fresh()
-        if self._names is None:
-            self._names = self.registry.names()
-        return self._names
 
     # ------------------------------------------------------------------ resolution
     def version(self, name: str, version: int | None = None, alias: str | None = None) -> ModelVersion:

@@ -8,7 +8,7 @@ file records about how it was made.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -57,9 +57,6 @@ class PaintSpec:
                        for t, mv in versions.items())
         mapping = parse_column_mapping(columns) if not isinstance(columns, dict) else dict(columns)
         return cls(Path(catalog), Path(out), variant=variant, pinned=pinned, columns=mapping, **options)
-
-    def with_(self, **changes) -> "PaintSpec":
-        return replace(self, **changes)
 
     @property
     def targets(self) -> tuple[str, ...]:
