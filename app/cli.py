@@ -139,7 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     models = _csv_list(args.models, MODEL_KINDS, "model")
     cfg = TrainConfig(targets=targets, paths=paths, seed=args.seed, preset=args.preset, alias=args.alias or None,
                       models=models, smogn=_smogn_overrides(args.smogn_config),
-                      smogn_stack_rows=args.smogn_stack_on, extra={"data_path": os.path.abspath(args.data)})
+                      smogn_stack_rows=args.smogn_stack_on, sampler=not args.no_sampler,
+                      extra={"data_path": os.path.abspath(args.data)})
     try:
         cfg.validate()
     except TrainingError as exc:
@@ -249,22 +250,45 @@ def cmd_models_import_lightgbm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mode(args: argparse.Namespace):
+    """The ``--mode``/``--seed``/``--quantiles`` options as a ``Mode``."""
+    from app.core.model import Mode
+    from app.core.schema import DEFAULT_QUANTILE_LEVELS
+
+    if args.quantiles is not None and args.mode != "quantiles":
+        raise UserError("--quantiles is for --mode quantiles")
+    return Mode(args.mode, args.seed, args.quantiles if args.quantiles is not None else DEFAULT_QUANTILE_LEVELS)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from app.core.model import GalaxyModel, predict_table
+    from app.painting.local import halo_ids
 
     detect_format(args.out)
+    mode = _mode(args)
     targets = _csv_list(args.targets, TARGET_NAMES, "target") if args.targets else None
     df, report = load_catalog(args.data, require=FEATURE_NAMES, mapping=args.columns,
                               range_policy="warn" if args.lenient else "error")
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    model = GalaxyModel.from_registry(_registry(args), variant=args.variant, targets=targets, model=args.model)
+    id_col = args.id_column or ("ID" if "ID" in df.columns else None)
+    if id_col is not None and id_col not in df.columns:
+        raise UserError(f"--id-column {id_col}: no such column in {args.data}")
+    ids = halo_ids(df, id_col, 0) if mode.name == "sample" else None
+    if ids is not None and len(np.unique(ids)) != len(ids):
+        raise UserError(f"id column {id_col!r} repeats values: duplicated haloes would get identical galaxies")
+    model = GalaxyModel.from_registry(_registry(args), variant=args.variant, targets=targets, model=args.model,
+                                      mode=mode)
     t0 = time.perf_counter()
-    out = predict_table(df, model, progress=_progress_bar("predicting", "halo"))
+    out = predict_table(df, model, progress=_progress_bar("predicting", "halo"), mode=mode, ids=ids)
     elapsed = time.perf_counter() - t0
     path = write_table(out, args.out, metadata={"kind": "prediction", "models": model.pinned(),
-                                                 "variant": args.variant, "galaxypaint": __version__})
-    used = ", ".join(f"{d['name']}/{d['version']}" for d in model.pinned())
+                                                 "variant": args.variant, **mode.describe(),
+                                                 "id_column": id_col or "row number in the input file",
+                                                 "galaxypaint": __version__})
+    used = ", ".join(dict.fromkeys(f"{d['name']}/{d['version']}" for d in model.pinned()))
     print(f"predicted {len(df):,} halos in {elapsed:.2f} s ({len(df) / max(elapsed, 1e-9):,.0f} halos/s) with {used}; "
           f"wrote {path}")
     return 0
@@ -378,11 +402,11 @@ def cmd_paint(args: argparse.Namespace) -> int:
                             columns=args.columns, engine=args.engine, chunk_rows=args.chunk_rows,
                             compute_delta3=args.compute_delta3, box=args.box,
                             range_policy="warn" if args.lenient else "error", scheduler=args.scheduler,
-                            dask_workers=args.dask_workers)
+                            dask_workers=args.dask_workers, mode=_mode(args), id_column=args.id_column)
     summary = paint(spec, registry, progress=_progress_bar("painting", "halo"))
     for w in summary.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
-    used = ", ".join(f"{d['name']}/{d['version']}" for d in summary["models"])
+    used = ", ".join(dict.fromkeys(f"{d['name']}/{d['version']}" for d in summary["models"]))
     print(f"painted {summary['rows']:,} halos in {summary['seconds']:.1f} s ({summary['rows_per_second']:,.0f} halos/s) "
           f"with {used}; wrote {summary['output']}")
     return 0
@@ -414,6 +438,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 # kept-alive connection just as a client sends its next request on it
                 timeout_keep_alive=75)
     return 0
+
+
+def _quantile_levels(value: str) -> tuple[float, ...]:
+    from app.core.schema import parse_quantile_levels
+
+    try:
+        return parse_quantile_levels(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seed(value: str) -> int:
+    try:
+        seed = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if not 0 <= seed < 2**63:
+        raise argparse.ArgumentTypeError("the seed must be in [0, 2**63)")
+    return seed
+
+
+def _mode_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=("mean", "sample", "quantiles"), default="mean",
+                   help="mean: the stacks' E[property | halo] (default); sample: one galaxy drawn per halo from the "
+                        "joint sampler into the usual <target>_pred columns; quantiles: the sampler's quantiles "
+                        "as <target>_q<level> columns")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the draws in sample mode (default 0); a halo's "
+                   "galaxy depends only on (seed, halo id)")
+    p.add_argument("--quantiles", type=_quantile_levels, help="quantile levels in percent for --mode quantiles "
+                   "(default 16,50,84), e.g. 2.5,16,50,84,97.5")
+    p.add_argument("--id-column", help="integer column keying each halo's draw (default: ID if present, else the "
+                   "halo's row number in the input file)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -471,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
     p.add_argument("--alias", default="production", help="alias given to the new versions (default production; "
                                                          "'' for none)")
+    p.add_argument("--no-sampler", action="store_true", help="do not fit the joint sampler (fitted by default on "
+                   "the raw path when all four targets are trained; needed by --mode sample/quantiles)")
     p.add_argument("--no-report", action="store_true", help="do not store the run's report figures and tables "
                                                             "in the registry")
     p.set_defaults(func=cmd_train)
@@ -512,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
     p.add_argument("--lenient", action="store_true", help="warn about out-of-range values instead of failing")
     p.add_argument("--registry", help=reg_help)
+    _mode_options(p)
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("pk", help="power spectra of predicted vs true galaxy populations (paper Fig. 9)",
                        description="Split galaxies in two bins per property and compare the P(k) of the "
@@ -544,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("local", "dask"), default="local")
     p.add_argument("--scheduler", help="Dask scheduler address (default: a LocalCluster)")
     p.add_argument("--dask-workers", type=int, default=2, help="LocalCluster workers (default 2)")
+    _mode_options(p)
     p.set_defaults(func=cmd_paint)
 
     p = sub.add_parser("serve", help="run the HTTP service (FastAPI + uvicorn; OpenAPI at /docs)",

@@ -19,7 +19,7 @@ from app.core.schema import CUTS, PAPER_BIN_EDGES, TARGET_NAMES
 from app.science import populations as pop
 from app.science.clustering import compare_bin
 from app.science.power_spectrum import default_k_edges
-from app.science.sampling import crps_gaussian
+from app.core.sampling import crps_gaussian
 from training.demo_catalog import DEFAULT_MODEL, TNG300_BOX, _smass_mean, recover_latents, redraw_galaxies
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,5 +1,5 @@
 """The joint galaxy sampler: the counter-based generator, mixture sampling/quantiles/scores
-(``app.science.sampling``) and the mixture density network with its ONNX graph (``training.sampler``).
+(``app.core.sampling``) and the mixture density network with its ONNX graph (``training.sampler``).
 
 Real components throughout: numpy's own Philox bit generator is the reference for ours, and the MDN is
 fitted (fast search) on a catalog whose conditional law is known in closed form.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from app.science import sampling
+from app.core import sampling
 
 MASK64 = (1 << 64) - 1
 

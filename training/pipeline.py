@@ -65,7 +65,19 @@ class TrainConfig:
     #: rows the smogn path's stack is fit on: the real validation rows (default) or the augmented ones
     #: (the paper's literal recipe; it weights the models for the augmented distribution)
     smogn_stack_rows: str = "real"
+    #: also fit the joint sampler (raw path, all four targets; ``training.sampler_step``)
+    sampler: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def sampler_skipped(self) -> str | None:
+        """Why this run fits no joint sampler (None: it fits one)."""
+        if not self.sampler:
+            return "--no-sampler"
+        if "raw" not in self.paths:
+            return "the sampler is trained on the raw path only, and this run has none"
+        if set(self.targets) != set(TARGET_NAMES):
+            return "the joint sampler models all four properties: train every target"
+        return None
 
     def validate(self) -> None:
         bad = [t for t in self.targets if t not in TARGET_NAMES]
@@ -445,6 +457,16 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
             res = results.setdefault(target, {})[path] = train_target(df, split, target, path, cfg, preset, progress)
             progress(f"[{target}/{path}] finished in {res.seconds:.1f} s")
 
+    sampler = None
+    skipped = cfg.sampler_skipped()
+    if skipped is None:
+        from training.sampler_step import train_sampler
+
+        raw = {t: results[t]["raw"] for t in TARGET_NAMES}
+        sampler = train_sampler(df, split, raw, cfg.seed, cfg.preset, raw[TARGET_NAMES[0]].training_domain, progress)
+    elif cfg.sampler:
+        progress(f"no joint sampler: {skipped}")
+
     summary = {"run_id": run_id, "seed": cfg.seed, "preset": cfg.preset, "data_fingerprint": fingerprint,
                "split": {k: int(len(v)) for k, v in split.items()},
                "split_source": "column" if SPLIT_COLUMN in df.columns else f"seeded {SPLIT_FRACTIONS}",
@@ -452,13 +474,15 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
     for target, per_path in results.items():
         for path, res in per_path.items():
             summary["results"].setdefault(target, {})[path] = res.summary()
+    summary["sampler"] = sampler.summary() if sampler is not None else {"skipped": skipped}
     registry.record_run(run_id, cfg.seed, fingerprint, {"targets": list(cfg.targets), "paths": list(cfg.paths),
                                                          "preset": cfg.preset, "models": list(cfg.models),
                                                          **({"smogn_stack_rows": cfg.smogn_stack_rows}
                                                             if "smogn" in cfg.paths else {}),
                                                          **({"data_path": cfg.extra["data_path"]}
                                                             if "data_path" in cfg.extra else {})},
-                        summary["results"], versions)
+                        {**summary["results"], **({"sampler": summary["sampler"]} if sampler is not None else {})},
+                        versions)
     published = []
     for target, per_path in results.items():
         for path, res in per_path.items():
@@ -476,6 +500,17 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
                            **({"smogn": entry["smogn"]} if "smogn" in entry else {})},
                     aliases=(cfg.alias,) if cfg.alias else ())
                 published.append(mv.uri)
+    if sampler is not None:
+        entry = summary["sampler"]
+        mv = registry.publish(
+            model_name(None, "raw", "sampler"), sampler.graph, target=TARGET_NAMES[0], targets=TARGET_NAMES,
+            variant="raw", kind="sampler", metrics=entry["metrics"], hyperparameters=entry["hyperparameters"],
+            seed=cfg.seed, data_fingerprint=fingerprint, package_versions=versions, feature_schema=list(FEATURE_NAMES),
+            training_domain=entry["training_domain"], run_id=run_id,
+            extra={"max_batch_rows": 16384, "preset": cfg.preset, "evaluation": entry["evaluation"],
+                   "target_units": {t: COLUMNS[t].unit for t in TARGET_NAMES}},
+            aliases=(cfg.alias,) if cfg.alias else ())
+        published.append(mv.uri)
     summary["published"] = published
     return summary
 
@@ -495,4 +530,8 @@ def format_table(summary: dict[str, Any]) -> str:
                 lines.append(f"{target:7s} {path:5s} {kind:6s} {m['pearson_r']:7.4f} {m['mse']:9.5f} {m['ks_d']:7.4f} "
                              f"{m.get('onnx_max_abs_diff', float('nan')):10.2e} {m.get('onnx_bytes', 0) / 1e6:6.1f} "
                              f"{m.get('fit_seconds', 0):6.1f}  {imp_s}")
+    if "sampler" in summary and summary["sampler"].get("skipped") != "--no-sampler":
+        from training.sampler_step import format_sampler
+
+        lines.append(format_sampler(summary["sampler"]))
     return "\n".join(lines)

@@ -45,6 +45,11 @@ def _run_models(registry: Registry, run_id: str) -> dict[tuple[str, str, str], A
     return out
 
 
+def target_metrics(run: dict) -> dict:
+    """target -> path -> metrics of a run (its ``sampler`` entry, when there is one, is not a target)."""
+    return {t: v for t, v in run["metrics"].items() if t in TARGET_NAMES}
+
+
 def latest_run_for(registry: Registry, df: pd.DataFrame) -> str:
     """The most recent run trained on exactly this table (same data fingerprint)."""
     fp = data_fingerprint(df)
@@ -60,7 +65,7 @@ def test_predictions(registry: Registry, run: dict, df: pd.DataFrame, test: np.n
     models = _run_models(registry, run["run_id"])
     x = df[list(FEATURE_NAMES)].to_numpy(np.float64)[test]
     out = {}
-    for target, per_path in run["metrics"].items():
+    for target, per_path in target_metrics(run).items():
         for path, res in per_path.items():
             cols = {}
             kinds = list(res["models"])
@@ -224,7 +229,7 @@ def fig_importance(importance: pd.DataFrame, out: Path, names: list[str], title:
 
 def metrics_table(run: dict) -> pd.DataFrame:
     rows = []
-    for target, per_path in run["metrics"].items():
+    for target, per_path in target_metrics(run).items():
         for path, res in per_path.items():
             for kind, m in [*res["models"].items(), ("stack", res["stack"])]:
                 rows.append({"target": target, "path": path, "model": kind, "pearson_r": m["pearson_r"],
@@ -234,7 +239,7 @@ def metrics_table(run: dict) -> pd.DataFrame:
 
 def importance_tables(run: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     feats, stack = [], []
-    for target, per_path in run["metrics"].items():
+    for target, per_path in target_metrics(run).items():
         for path, res in per_path.items():
             for kind, m in res["models"].items():
                 feats.append({"target": target, "path": path, "model": kind, **m["importance_normalized"]})

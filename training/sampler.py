@@ -28,7 +28,7 @@ log10 kpc/h, mag): ``weights`` [N, K] (summing to 1), ``means`` [N, K, D] and ``
 Keras weights rather than with Keras' float32 ``predict``, so that the ONNX graph
 (``sampler_graph``: ``halo_features`` double [N, 5] in raw units -> ``weights``, ``means``, ``chol``,
 all double) reproduces it to ~2e-15 (``check_sampler_fidelity``).  Draws, quantiles, CRPS and
-log-densities are computed from those three arrays by ``app.science.sampling`` (numpy only, reproducible per
+log-densities are computed from those three arrays by ``app.core.sampling`` (numpy only, reproducible per
 (seed, halo id)).  NLLs are reported in nats per galaxy in the targets' schema units.
 """
 
@@ -46,7 +46,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.base import BaseEstimator
 
-from app.science import sampling
+from app.core import sampling
 from app.core.schema import COLUMNS, FEATURE_NAMES, TARGET_NAMES
 from training import onnx_export as ox
 
@@ -312,11 +312,11 @@ class MixtureDensityNetwork(BaseEstimator):
         return -self.nll(X, Y)
 
     def sample(self, X, ids, seed: int) -> np.ndarray:
-        """One draw [N, D] per halo, reproducible per (``seed``, halo id) (``app.science.sampling.sample_mixture``)."""
+        """One draw [N, D] per halo, reproducible per (``seed``, halo id) (``app.core.sampling.sample_mixture``)."""
         return sampling.sample_mixture(*self.distribution(X), ids, seed)
 
     def quantiles(self, X, levels) -> np.ndarray:
-        """Marginal quantiles [N, D, len(levels)] per property (``app.science.sampling.mixture_quantiles``)."""
+        """Marginal quantiles [N, D, len(levels)] per property (``app.core.sampling.mixture_quantiles``)."""
         return sampling.mixture_quantiles(*self.distribution(X), levels)
 
 

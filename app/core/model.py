@@ -1,8 +1,17 @@
 """Prediction with registered ONNX graphs through onnxruntime (the only runtime the service needs).
 
 ``GalaxyModel`` is the one model object: the CLI, the data plane, jobs, the painting engines and the
-report all predict through it.  Inputs are the 5 halo
-features in schema order, in schema units, as float64; outputs are the targets in their units.
+report all predict through it.  Inputs are the 5 halo features in schema order, in schema units, as
+float64; outputs are the targets in their units.
+
+Three modes (``Mode``) say what a galaxy is:
+
+* ``mean``: E[property | halo] from each target's stack (the paper's method; the default);
+* ``sample``: one galaxy drawn from the joint sampler's p(smass, sSFR, radius, color | halo), a
+  function of (seed, halo id) only (``app.core.sampling.sample_mixture``), so that a catalog
+  painted in sample mode has the right populations, not only the right means;
+* ``quantiles``: each property's marginal quantiles under the sampler (so ``q50`` is the sampler's
+  median, not the stack's mean).
 """
 
 from __future__ import annotations
@@ -14,10 +23,61 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from app.core.registry import ArtefactUnavailable, InvalidReference, ModelNotFound, ModelVersion, Registry
-from app.core.schema import FEATURE_NAMES, TARGET_NAMES, pred_column
+from app.core.registry import (ArtefactUnavailable, InvalidReference, ModelNotFound, ModelVersion, Registry,
+                               model_name)
+from app.core.schema import (DEFAULT_QUANTILE_LEVELS, FEATURE_NAMES, TARGET_NAMES, parse_quantile_levels,
+                             pred_column, quantile_column)
+from app.core import sampling
 
 INPUT_NAME = "halo_features"
+#: the joint sampler graph's outputs: mixture weights [N, K], means [N, K, D], Cholesky factors [N, K, D, D]
+SAMPLER_OUTPUTS: tuple[str, str, str] = ("weights", "means", "chol")
+SAMPLER_KIND = "sampler"
+MODES: tuple[str, ...] = ("mean", "sample", "quantiles")
+#: rows per sampler call: its outputs hold ~K (1 + D + D^2) doubles per halo (~1 kB at K = 8)
+SAMPLER_BATCH_ROWS = 16384
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What a painted galaxy is: ``mean`` (the stacks), ``sample`` (a draw from the joint sampler, keyed
+    by ``seed`` and the halo id) or ``quantiles`` (the sampler's marginal quantiles at ``levels``, percent)."""
+
+    name: str = "mean"
+    seed: int = 0
+    levels: tuple[float, ...] = DEFAULT_QUANTILE_LEVELS
+
+    def __post_init__(self) -> None:
+        if self.name not in MODES:
+            raise InvalidReference(f"unknown mode {str(self.name)[:40]!r}: choose from {', '.join(MODES)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
+            raise InvalidReference(f"seed must be an integer in [0, 2**63), not {str(self.seed)[:40]}")
+        try:
+            object.__setattr__(self, "levels", parse_quantile_levels(self.levels))
+        except ValueError as exc:
+            raise InvalidReference(f"quantiles: {exc}") from None
+
+    @property
+    def uses_sampler(self) -> bool:
+        return self.name != "mean"
+
+    def outputs(self, targets: Sequence[str]) -> list[str]:
+        """Output names in order: the targets (mean, sample) or ``<target>_q<level>`` (quantiles)."""
+        if self.name == "quantiles":
+            return [quantile_column(t, lv) for t in targets for lv in self.levels]
+        return list(targets)
+
+    def describe(self) -> dict:
+        """What painted files and jobs record about the mode."""
+        out: dict = {"mode": self.name}
+        if self.name == "sample":
+            out["seed"] = int(self.seed)
+        if self.name == "quantiles":
+            out["quantiles"] = list(self.levels)
+        return out
+
+
+MEAN = Mode()
 
 
 def shrinking_run_options() -> ort.RunOptions:
@@ -64,22 +124,45 @@ class LoadedModel:
         max_batch = int(meta.get("max_batch_rows", mv.extra.get("max_batch_rows", 65536)))
         return cls(mv, session, max(1, max_batch), shrinking_run_options())
 
+    @property
+    def is_sampler(self) -> bool:
+        return self.version.kind == SAMPLER_KIND
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predictions [N] for features ``x`` [N, 5] (raw, schema units), batched to the graph's limit."""
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != len(FEATURE_NAMES):
-            raise ValueError(f"expected an array of shape (N, {len(FEATURE_NAMES)}), got {x.shape}")
-        return run_batched(self.session, x, self.max_batch_rows, self.run_options)
+        return run_batched(self.session, _check_x(x), self.max_batch_rows, self.run_options)
+
+    def distribution(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A sampler's (weights [N, K], means [N, K, D], chol [N, K, D, D]) for ``x`` [N, 5], target units."""
+        x = np.ascontiguousarray(_check_x(x), dtype=np.float64)
+        batch = min(self.max_batch_rows, SAMPLER_BATCH_ROWS)
+        parts = [self.session.run(list(SAMPLER_OUTPUTS), {INPUT_NAME: x[i:i + batch]}, self.run_options)
+                 for i in range(0, len(x), batch)]
+        if not parts:
+            k = self.session.get_outputs()[1].shape[1]
+            d = len(self.version.targets)
+            return np.zeros((0, k)), np.zeros((0, k, d)), np.zeros((0, k, d, d))
+        return tuple(np.concatenate([p[j] for p in parts]) for j in range(3))  # type: ignore[return-value]
+
+
+def _check_x(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != len(FEATURE_NAMES):
+        raise ValueError(f"expected an array of shape (N, {len(FEATURE_NAMES)}), got {x.shape}")
+    return x
 
 
 class GalaxyModel:
     """The galaxy properties of a set of halos, from pinned registered versions: the one model object.
 
-    Built from what a user asks for (``from_registry``: targets, variant, model choice, resolved once
-    by ``Registry.resolve_choice``) or from versions pinned earlier (``from_pinned``: a paint job
+    Built from what a user asks for (``from_registry``: targets, variant, mode, model choice, resolved
+    once by ``Registry.resolve_choice``) or from versions pinned earlier (``from_pinned``: a paint job
     records the versions it was accepted with, a Dask worker receives them) — never re-resolved
     later, so an alias that moves meanwhile changes nothing.  Used by the CLI, the data plane, the
     job worker, the painting engines and the report.
+
+    ``versions`` maps each target to the version answering it: its stack (mean mode) or the joint
+    sampler (sample and quantiles modes; one graph answering every target, loaded once).
     """
 
     def __init__(self, registry: Registry, versions: dict[str, ModelVersion], variant: str, threads: int = 0,
@@ -89,12 +172,20 @@ class GalaxyModel:
         self.versions = dict(versions)
         self.targets = tuple(versions)
         load = loader or (lambda mv: LoadedModel.load(registry, mv, threads))
-        self.models = {t: load(mv) for t, mv in self.versions.items()}
+        loaded: dict[tuple[str, int], LoadedModel] = {}
+        for mv in self.versions.values():
+            if (mv.name, mv.version) not in loaded:
+                loaded[(mv.name, mv.version)] = load(mv)
+        self.models = {t: loaded[(mv.name, mv.version)] for t, mv in self.versions.items()}
+        kinds = {m.is_sampler for m in self.models.values()}
+        if len(kinds) > 1:
+            raise InvalidReference("a model set mixes the joint sampler with stacks: pin one or the other")
+        self.is_sampler = kinds == {True}
 
     @classmethod
     def from_registry(cls, registry: Registry, targets: Sequence[str] | None = None, variant: str = "raw",
-                      model: str | None = None, threads: int = 0) -> "GalaxyModel":
-        return cls(registry, resolve(registry, targets, variant, model), variant, threads)
+                      model: str | None = None, threads: int = 0, mode: Mode = MEAN) -> "GalaxyModel":
+        return cls(registry, resolve(registry, targets, variant, model, mode), variant, threads)
 
     @classmethod
     def from_pinned(cls, registry: Registry, pinned: Sequence[dict], variant: str, threads: int = 0,
@@ -113,22 +204,58 @@ class GalaxyModel:
         return [{"target": t, "name": mv.name, "version": mv.version, "sha256": mv.sha256,
                  "aliases": list(mv.aliases)} for t, mv in self.versions.items()]
 
-    def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """target -> predictions [N] for features ``x`` [N, 5] (schema order and units)."""
-        return {t: m.predict(x) for t, m in self.models.items()}
+    def check_mode(self, mode: Mode) -> None:
+        """Refuse a mode these versions cannot answer (stacks give means; the sampler draws and quantiles)."""
+        if mode.uses_sampler and not self.is_sampler:
+            raise InvalidReference(f"mode {mode.name} needs the joint sampler, not stacks: choose the sampler "
+                                   f"(e.g. {model_name(None, 'raw', SAMPLER_KIND)}) or mode mean")
+        if not mode.uses_sampler and self.is_sampler:
+            raise InvalidReference("the joint sampler draws galaxies: use mode sample or quantiles (mode mean is "
+                                   "the stacks' prediction)")
+
+    def predict(self, x: np.ndarray, mode: Mode = MEAN, ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Output -> values [N] for features ``x`` [N, 5] (schema order and units), in ``mode.outputs`` order.
+
+        ``mean``: target -> the stack's prediction.  ``sample``: target -> one draw per halo from the
+        joint sampler, a function of (``mode.seed``, the halo's entry of ``ids``) only, whatever the
+        batch (``ids``: integers, one per halo, required).  ``quantiles``: ``<target>_q<level>`` -> the
+        sampler's marginal quantile."""
+        self.check_mode(mode)
+        if not mode.uses_sampler:
+            return {t: m.predict(x) for t, m in self.models.items()}
+        sampler = next(iter(self.models.values()))
+        order = list(sampler.version.targets)
+        cols = [order.index(t) for t in self.targets]
+        dist = sampler.distribution(x)
+        if mode.name == "sample":
+            if ids is None:
+                raise InvalidReference("sample mode needs one integer id per halo (or an offset)")
+            ids = np.asarray(ids)
+            if ids.shape != (len(dist[0]),):
+                raise InvalidReference(f"{ids.size} ids for {len(dist[0])} halos")
+            draws = sampling.sample_mixture(*dist, ids, int(mode.seed))
+            return {t: np.ascontiguousarray(draws[:, c]) for t, c in zip(self.targets, cols)}
+        q = sampling.mixture_quantiles(*dist, np.asarray(mode.levels) / 100.0)
+        return {quantile_column(t, lv): np.ascontiguousarray(q[:, c, j])
+                for t, c in zip(self.targets, cols) for j, lv in enumerate(mode.levels)}
 
 
 def resolve(registry: Registry, targets: Sequence[str] | None, variant: str,
-            model: str | None = None) -> dict[str, ModelVersion]:
+            model: str | None = None, mode: Mode = MEAN) -> dict[str, ModelVersion]:
     """target -> the pinned version serving it.  Default targets: those of the one model ``model`` names,
-    else every target with a ``variant`` stack."""
+    else every target with a ``variant`` stack (mean mode) or those of the joint sampler (other modes)."""
     if targets:
         bad = [t for t in targets if t not in TARGET_NAMES]
         if bad:
             raise InvalidReference(f"unknown target {', '.join(bad)}: choose from {', '.join(TARGET_NAMES)}")
+    if mode.uses_sampler:
+        return _resolve_sampler(registry, targets, variant, model)
+    named = registry.referenced(model)
+    if named is not None and named.kind == SAMPLER_KIND:
+        raise InvalidReference(f"{named.uri} is the joint sampler: use mode sample or quantiles with it")
+    if targets:
         wanted = list(targets)
     else:
-        named = registry.referenced(model)
         wanted = list(named.targets) if named is not None else registry.default_targets(variant)
     if not wanted:
         raise ModelNotFound(f"no {variant}-variant stack models in {registry.root}: train first "
@@ -136,24 +263,60 @@ def resolve(registry: Registry, targets: Sequence[str] | None, variant: str,
     return dict(zip(wanted, registry.resolve_choice(model, wanted, variant)))
 
 
+def _resolve_sampler(registry: Registry, targets: Sequence[str] | None, variant: str,
+                     model: str | None) -> dict[str, ModelVersion]:
+    if variant != "raw":
+        raise InvalidReference(f"the joint sampler is trained on the raw variant only, not {variant!r}: "
+                               "drop the variant (or use mode mean for the smogn stacks)")
+    named = registry.referenced(model)
+    if named is not None and named.kind != SAMPLER_KIND:
+        raise InvalidReference(f"{named.uri} is a {named.kind}, not the joint sampler: sample and quantiles modes "
+                               f"need a sampler (e.g. {model_name(None, variant, SAMPLER_KIND)})")
+    if named is None:
+        try:
+            # one model answering every target: a version number or alias applies to it directly
+            named = registry.resolve_choice(model, [TARGET_NAMES[0]], variant, kind=SAMPLER_KIND,
+                                            name=model_name(None, variant, SAMPLER_KIND))[0]
+        except ModelNotFound as exc:
+            if model is not None:
+                raise
+            raise ModelNotFound(f"no joint sampler in {registry.root}: train it (galaxypaint train --data FILE, "
+                                f"without --no-sampler) or use mode mean ({exc})") from None
+    wanted = list(targets) if targets else list(named.targets)
+    missing = [t for t in wanted if t not in named.targets]
+    if missing:
+        raise InvalidReference(f"model {named.uri} draws {', '.join(named.targets)}, not {', '.join(missing)}")
+    return {t: named for t in wanted}
+
+
+def output_column(output: str) -> str:
+    """The file column of a ``GalaxyModel.predict`` output: ``<target>_pred`` for a mean or a draw (so
+    ``galaxypaint pk`` reads sampled catalogs unchanged), the output's own name for a quantile."""
+    return pred_column(output) if output in TARGET_NAMES else output
+
+
 def with_predictions(df: pd.DataFrame, values: dict[str, np.ndarray]) -> pd.DataFrame:
-    """``df`` (untouched) with one ``<target>_pred`` column per target: the one writer of those columns."""
+    """``df`` (untouched) with one column per output (``output_column``): the one writer of those columns."""
     out = df.copy()
-    for target, v in values.items():
-        out[pred_column(target)] = v
+    for name, v in values.items():
+        out[output_column(name)] = v
     return out
 
 
 def predict_table(df: pd.DataFrame, model: GalaxyModel, chunk_rows: int = 16384,
-                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-    """``df`` with the ``<target>_pred`` columns appended, predicted ``chunk_rows`` at a time."""
+                  progress: Callable[[int, int], None] | None = None, mode: Mode = MEAN,
+                  ids: np.ndarray | None = None) -> pd.DataFrame:
+    """``df`` with the output columns appended, predicted ``chunk_rows`` at a time (``ids``: one integer
+    per row, for sample mode)."""
+    model.check_mode(mode)
     x = df[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
-    preds = {t: np.empty(len(x)) for t in model.targets}
+    preds = {name: np.empty(len(x)) for name in mode.outputs(model.targets)}
     if progress:
         progress(0, len(x))
     for start in range(0, len(x), chunk_rows):
-        for target, values in model.predict(x[start:start + chunk_rows]).items():
-            preds[target][start:start + len(values)] = values
+        part = None if ids is None else ids[start:start + chunk_rows]
+        for name, values in model.predict(x[start:start + chunk_rows], mode, part).items():
+            preds[name][start:start + len(values)] = values
         if progress:
             progress(min(start + chunk_rows, len(x)), len(x))
     return with_predictions(df, preds)

@@ -525,14 +525,15 @@ class Registry:
         return [t for t in TARGET_NAMES if model_name(t, variant, kind) in names]
 
     def resolve_choice(self, model: str | None, targets: Sequence[str], variant: str,
-                       kind: str = "stack") -> list[ModelVersion]:
+                       kind: str = "stack", name: str | None = None) -> list[ModelVersion]:
         """The version serving each target, pinned: the one place a user's model choice is read.
 
         ``model`` is None (each target's default ``<target>-<variant>-<kind>`` at ``production``,
         else its latest version), a version number or an alias applied to every default, or a
         reference to one model (``NAME``, ``NAME@ALIAS``, ``NAME/V``, ``models:/...``) which must
         answer every target asked for.  A bare word is a model name if a model has that name, else
-        an alias.
+        an alias.  ``name``: the default model of every target (a model answering several, such as
+        ``raw-sampler``) instead of each target's ``<target>-<variant>-<kind>``.
         """
         named = self.referenced(model)
         if named is None:
@@ -542,7 +543,7 @@ class Registry:
                 version, alias = parse_version(model), None
             else:
                 version, alias = None, check_alias(model)
-            return [self.get(model_name(t, variant, kind), version=version, alias=alias) for t in targets]
+            return [self.get(name or model_name(t, variant, kind), version=version, alias=alias) for t in targets]
         missing = [t for t in targets if t not in named.targets]
         if missing:
             raise InvalidReference(f"model {named.uri} predicts {', '.join(named.targets)}, not {', '.join(missing)}")

@@ -112,6 +112,37 @@ def pred_column(target: str) -> str:
     return target + PRED_SUFFIX
 
 
+#: quantile levels (percent) written by ``mode = quantiles`` when none are asked for
+DEFAULT_QUANTILE_LEVELS: tuple[float, ...] = (16.0, 50.0, 84.0)
+
+
+def quantile_column(target: str, level: float) -> str:
+    """The column of ``target``'s ``level`` percent quantile: ``smass_q16``, ``color_q97.5``."""
+    return f"{target}_q{float(level):g}"
+
+
+def parse_quantile_levels(levels) -> tuple[float, ...]:
+    """Quantile levels in percent, strictly inside (0, 100), distinct, sorted: from ``"2.5,16,50"`` or a
+    sequence of numbers.  Raises ``ValueError`` naming the bad level."""
+    items = [v for v in levels.split(",") if v.strip()] if isinstance(levels, str) else list(levels)
+    if not items:
+        raise ValueError("no quantile level given")
+    if len(items) > 99:
+        raise ValueError(f"{len(items)} quantile levels: at most 99")
+    out = []
+    for v in items:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"quantile level {str(v)[:40]!r} is not a number (percent, e.g. 16)") from None
+        if isinstance(v, bool) or not 0.0 < f < 100.0:
+            raise ValueError(f"quantile level {str(v)[:40]} must lie strictly between 0 and 100 (percent)")
+        out.append(f)
+    if len({f"{f:g}" for f in out}) != len(out):
+        raise ValueError("quantile levels must be distinct")
+    return tuple(sorted(out))
+
+
 def _alias_table() -> dict[str, str]:
     table: dict[str, str] = {}
     for col in COLUMNS.values():

@@ -22,7 +22,7 @@ from app.core.catalog_stream import ChunkReader, ChunkWriter
 from app.core.catalogs import CatalogError
 from app.core.model import GalaxyModel
 from app.core.registry import Registry
-from app.painting.local import delta3_for, id_column, paint_frame, summary
+from app.painting.local import delta3_for, id_column_for, paint_frame, summary
 from app.painting.spec import PaintSpec
 
 _WORKER_MODELS: dict[tuple, GalaxyModel] = {}
@@ -37,12 +37,13 @@ def _worker_model(registry_root: str, spec: PaintSpec) -> GalaxyModel:
 
 
 def _paint_part(spec: PaintSpec, start: int, stop: int, registry_root: str, part_file: str,
-                delta3: np.ndarray | None, meta: dict) -> int:
+                delta3: np.ndarray | None, meta: dict, ids_from: str | None) -> int:
     with ChunkReader(spec.catalog, spec.columns, max_bytes=spec.max_bytes) as reader:
         df = reader.read_rows(start, stop)
     if delta3 is not None:
         df["Delta3_h"] = delta3
-    painted, _ = paint_frame(df, _worker_model(registry_root, spec), start, spec.range_policy)
+    # ``start`` is the part's first row in the file, so row-number ids match the local engine's
+    painted, _ = paint_frame(df, _worker_model(registry_root, spec), start, spec.range_policy, spec.mode, ids_from)
     with ChunkWriter(part_file, metadata=meta) as writer:
         writer.write(painted)
         writer.commit()
@@ -64,7 +65,8 @@ def paint_dask(spec: PaintSpec, registry: Registry, progress: Callable[[int, int
         if n == 0:
             raise CatalogError(f"{spec.catalog} has no rows")
         d3 = delta3_for(reader, spec)
-        meta = spec.provenance(id_column(reader.columns))
+        ids_from = id_column_for(reader, spec)
+        meta = spec.provenance(ids_from)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     ranges = [(a, min(a + spec.chunk_rows, n)) for a in range(0, n, spec.chunk_rows)]
@@ -73,7 +75,7 @@ def paint_dask(spec: PaintSpec, registry: Registry, progress: Callable[[int, int
     try:
         with Client(spec.scheduler or cluster) as client:
             futures = [client.submit(_paint_part, spec, a, b, str(registry.root), str(tmp / f"part-{i:05d}.parquet"),
-                                     None if d3 is None else d3[a:b], meta, pure=False)
+                                     None if d3 is None else d3[a:b], meta, ids_from, pure=False)
                        for i, (a, b) in enumerate(ranges)]
             done = 0
             if progress:

@@ -25,7 +25,7 @@ import numpy as np
 from app.core.catalog_stream import ChunkReader, ChunkWriter
 from app.core.catalogs import CatalogError, detect_format, validate
 from app.core.environment import delta3_slabs
-from app.core.model import GalaxyModel, with_predictions
+from app.core.model import MEAN, GalaxyModel, Mode, with_predictions
 from app.core.registry import Registry
 from app.core.schema import FEATURE_NAMES, POSITION_NAMES
 from app.painting.spec import PaintSpec
@@ -33,24 +33,69 @@ from app.painting.spec import PaintSpec
 Progress = Callable[[int, int], None]
 
 
-def paint_frame(df, model: GalaxyModel, row_offset: int = 0, range_policy: str = "error"):
+def paint_frame(df, model: GalaxyModel, row_offset: int = 0, range_policy: str = "error", mode: Mode = MEAN,
+                id_column: str | None = None):
     """One chunk: validate the features (errors name the rows, counted from the file start) and append
-    the ``<target>_pred`` columns.  Returns (painted frame, warnings).
+    the output columns (``<target>_pred``, or ``<target>_q<level>`` in quantiles mode).  Returns
+    (painted frame, warnings).
 
     Features outside the schema's valid ranges are refused (``range_policy="warn"``: reported and
-    painted), as ``galaxypaint predict`` and the HTTP API do; non-finite predictions are refused."""
+    painted), as ``galaxypaint predict`` and the HTTP API do; non-finite outputs are refused.  In sample
+    mode each halo's draw is keyed by its ``id_column`` value, or by its row number in the file
+    (``row_offset`` + its position in the chunk), so it does not depend on the chunking."""
     try:
         report = validate(df, require=FEATURE_NAMES, range_policy=range_policy, check=FEATURE_NAMES)  # type: ignore[arg-type]
     except CatalogError as exc:
         raise CatalogError(f"rows {row_offset:,}-{row_offset + len(df) - 1:,}: {exc} "
                            f"(row numbers within this chunk)") from None
     x = df[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
-    values = model.predict(x)
-    for target, v in values.items():
+    ids = halo_ids(df, id_column, row_offset) if mode.name == "sample" else None
+    values = model.predict(x, mode, ids)
+    for name, v in values.items():
         bad = np.flatnonzero(~np.isfinite(v))
         if len(bad):
-            raise CatalogError(f"row {row_offset + bad[0]:,}: the {target} prediction is not finite")
+            raise CatalogError(f"row {row_offset + bad[0]:,}: the {name} prediction is not finite")
     return with_predictions(df, values), report.warnings
+
+
+def halo_ids(df, id_column: str | None, row_offset: int) -> np.ndarray:
+    """The integers keying each halo's draw: the ``id_column`` values, else the row numbers in the file."""
+    if id_column is None:
+        return np.arange(row_offset, row_offset + len(df), dtype=np.int64)
+    return integer_ids(df[id_column].to_numpy(), id_column)
+
+
+def integer_ids(values: np.ndarray, name: str) -> np.ndarray:
+    """``values`` as int64/uint64 ids, refusing what is not an integer (floats only when integral and
+    below 2**53, beyond which two ids can share one float)."""
+    v = np.asarray(values)
+    if v.dtype.kind in "iu":
+        return v
+    if v.dtype.kind == "f":
+        ok = np.isfinite(v) & (np.abs(v) < 2.0**53) & (v == np.round(v))
+        if ok.all():
+            return v.astype(np.int64)
+        i = int(np.flatnonzero(~ok)[0])
+        raise CatalogError(f"id column {name!r}: value {v[i]!r} is not an integer below 2**53")
+    raise CatalogError(f"id column {name!r} holds {v.dtype} values: halo ids must be integers")
+
+
+def id_column_for(reader: ChunkReader, spec: PaintSpec) -> str | None:
+    """The column keying the draws (``spec.id_column``, else ``ID`` when present, else None: row numbers),
+    checked: integers, and in sample mode unique (two haloes with one id would get the same galaxy)."""
+    name = spec.id_column or id_column(reader.columns)
+    if name is None:
+        return None
+    if name not in reader.columns:
+        raise CatalogError(f"id column {name!r} is not in {reader.path.name}")
+    if spec.mode.name == "sample":
+        ids = integer_ids(reader.read_columns([name])[name].to_numpy(), name)
+        uniq, counts = np.unique(ids, return_counts=True)
+        if len(uniq) != len(ids):
+            raise CatalogError(f"id column {name!r} repeats {uniq[counts > 1][0]} ({int(np.sum(counts > 1)):,} ids "
+                               "repeated): duplicated haloes would get identical galaxies; give another "
+                               "--id-column or none (row numbers)")
+    return name
 
 
 def delta3_for(reader: ChunkReader, spec: PaintSpec) -> np.ndarray | None:
@@ -94,13 +139,14 @@ def paint_file(spec: PaintSpec, registry: Registry, progress: Progress | None = 
         if reader.n_rows == 0:
             raise CatalogError(f"{spec.catalog} has no rows")
         d3 = delta3_for(reader, spec)
-        with ChunkWriter(spec.out, metadata=spec.provenance(id_column(reader.columns))) as writer:
+        ids_from = id_column_for(reader, spec)
+        with ChunkWriter(spec.out, metadata=spec.provenance(ids_from)) as writer:
             if progress:
                 progress(0, reader.n_rows)
             for start, chunk in reader.chunks(spec.chunk_rows):
                 if d3 is not None:
                     chunk["Delta3_h"] = d3[start:start + len(chunk)]
-                painted, warn = paint_frame(chunk, model, start, spec.range_policy)
+                painted, warn = paint_frame(chunk, model, start, spec.range_policy, spec.mode, ids_from)
                 warnings += warn[:3]
                 writer.write(painted)
                 if progress:
@@ -110,5 +156,5 @@ def paint_file(spec: PaintSpec, registry: Registry, progress: Progress | None = 
 
 
 def summary(spec: PaintSpec, rows: int, output: str, seconds: float, warnings: list[str], **extra) -> dict:
-    return {"rows": rows, "output": output, "models": list(spec.pinned), "variant": spec.variant, "mode": spec.mode,
+    return {"rows": rows, "output": output, "models": list(spec.pinned), "variant": spec.variant, **spec.mode.describe(),
             "seconds": seconds, "rows_per_second": rows / max(seconds, 1e-9), "warnings": warnings[:10], **extra}

@@ -1,9 +1,10 @@
 """What a painting run is: one spec object, built by the CLI, the job worker and the Dask engine alike.
 
 A spec names the catalog and the output, how the catalog's columns map onto the schema, which
-models (pinned versions, resolved once when the spec is made), the mode, the engine, the chunking,
-and what to do with features outside the schema's valid ranges.  ``provenance()`` is what a painted
-file records about how it was made.
+models (pinned versions, resolved once when the spec is made), the mode (mean, sample with its seed,
+quantiles with their levels: ``app.core.model.Mode``), which column identifies a halo, the engine,
+the chunking, and what to do with features outside the schema's valid ranges.  ``provenance()`` is
+what a painted file records about how it was made.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Literal
 
 from app import __version__
 from app.core.catalogs import CatalogError, parse_column_mapping
-from app.core.model import resolve
+from app.core.model import MEAN, Mode, resolve
 from app.core.registry import Registry
 
 Engine = Literal["local", "dask"]
@@ -29,7 +30,10 @@ class PaintSpec:
     variant: str = "raw"
     pinned: tuple[dict, ...] = ()  # (target, name, version, sha256) of each model, from ``pin_models``
     columns: dict[str, str] = field(default_factory=dict)  # schema name -> the catalog's column
-    mode: Literal["mean"] = "mean"
+    mode: Mode = MEAN
+    #: the column whose integers key each halo's draw in sample mode; None: ``ID`` when the catalog has
+    #: one, else the halo's row number in the input file (counted before any row is dropped)
+    id_column: str | None = None
     engine: Engine = "local"
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     range_policy: RangePolicy = "error"
@@ -52,7 +56,7 @@ class PaintSpec:
     def create(cls, registry: Registry, catalog: str | Path, out: str | Path, *, targets=None, model: str | None = None,
                variant: str = "raw", columns: str | dict | None = None, **options) -> "PaintSpec":
         """A spec whose models are resolved now (``model``: alias, version or reference) and pinned."""
-        versions = resolve(registry, targets, variant, model)
+        versions = resolve(registry, targets, variant, model, options.get("mode", MEAN))
         pinned = tuple({"target": t, "name": mv.name, "version": mv.version, "sha256": mv.sha256}
                        for t, mv in versions.items())
         mapping = parse_column_mapping(columns) if not isinstance(columns, dict) else dict(columns)
@@ -63,9 +67,13 @@ class PaintSpec:
         return tuple(p["target"] for p in self.pinned)
 
     def provenance(self, id_column: str | None) -> dict:
-        """The painted file's metadata: how its galaxies were made."""
-        return {"kind": "painted", "models": list(self.pinned), "variant": self.variant, "mode": self.mode,
-                "seed": None, "id_column": id_column or "row number in the input file",
+        """The painted file's metadata: how its galaxies were made (``id_column``: the column keying the
+        draws, None for row numbers)."""
+        return {"kind": "painted", "models": list(self.pinned), "variant": self.variant, **self.mode.describe(),
+                "seed": self.mode.seed if self.mode.name == "sample" else None,
+                "id_column": id_column or "row number in the input file",
+                "galaxies": "centrals only, at their halo's position (real space: no satellites, no redshift-space "
+                            "distortions)",
                 "source": str(self.catalog),
                 "delta3": "computed (3 Mpc/h, haloes as tracers)" if self.compute_delta3 else "input",
                 "galaxypaint": __version__}

@@ -36,7 +36,7 @@ from scipy import stats
 from app.core.schema import PAPER_BIN_EDGES, TARGET_NAMES
 from app.science.clustering import bin_edges as _checked_bin_edges
 from app.science.power_spectrum import default_k_edges, power_spectrum
-from app.science.sampling import crps_gaussian
+from app.core.sampling import crps_gaussian
 
 #: the 6 property pairs (indices into TARGET_NAMES) of ``correlations_by_mass_quartile``'s columns
 PAIRS: tuple[tuple[int, int], ...] = tuple(combinations(range(len(TARGET_NAMES)), 2))
@@ -156,7 +156,7 @@ def interval_coverage(lower, upper, y_true, m_h) -> dict[str, np.ndarray]:
 
 def pit_values(cdf_at_truth, bins: int = 10) -> dict[str, np.ndarray]:
     """Probability integral transform: the sampler's CDF at each true value, [N, 4] in [0, 1] (e.g.
-    ``app.science.sampling.mixture_cdf`` per property), and its calibration histogram.
+    ``app.core.sampling.mixture_cdf`` per property), and its calibration histogram.
 
     A calibrated sampler gives uniform PITs: ``fractions`` [4, bins] ~ 1/bins (too many at both ends:
     too narrow; a hump: too wide; a slope: biased).  Also ``edges`` [bins + 1], ``chi2`` [4] of the
@@ -343,3 +343,67 @@ def ensemble_clustering(pos, y_true, y_samples: Sequence[np.ndarray], box: float
     true = bin_spectra(pos, y_true, box, nmesh, edges, k_edges)
     samples = [bin_spectra(pos, ys, box, nmesh, edges, k_edges) for ys in y_samples]
     return ensemble_bins(true, samples, kmax, edges)
+
+
+# ----------------------------------------------------------------------------- one sampler, all at once
+
+#: quantile levels (fractions) behind the 95 % and 68 % central intervals of ``evaluate_sampler``
+INTERVAL_LEVELS = (0.025, 0.16, 0.84, 0.975)
+
+
+def evaluate_sampler(weights, means, chol, y_true, m_h, ids, seed: int, baseline_prediction,
+                     baseline_scatter, edges: Mapping[str, Sequence[float]] = PAPER_BIN_EDGES,
+                     pit_bins: int = 10) -> dict:
+    """Every single-catalog statistic of a joint sampler on haloes with known galaxies, JSON-ready.
+
+    ``weights``/``means``/``chol``: each halo's mixture over the 4 properties (``app.core.sampling``;
+    target units); ``y_true`` [N, 4]; ``m_h`` [N]; ``ids``: the haloes' ids, with ``seed`` keying the one
+    sampled catalog; ``baseline_prediction`` [N, 4] and ``baseline_scatter`` [4]: the homoscedastic
+    baseline (the stacks' predictions and their validation residual scatter).  Returns the test NLL
+    (nats per galaxy), K-S D per property, correlation differences per M_h quartile, 68/95 % interval
+    coverage (overall and per quartile, with binomial standard errors), the PIT histogram, CRPS against
+    the baseline, and galaxy counts per property bin (sampled / true).
+    """
+    from app.core import sampling
+
+    y = _targets(y_true, "y_true")
+    w, mu, L = (np.asarray(a, dtype=np.float64) for a in (weights, means, chol))
+    draws = sampling.sample_mixture(w, mu, L, ids, seed)
+    nll = float(-np.mean(sampling.mixture_logpdf(w, mu, L, y)))
+    q = sampling.mixture_quantiles(w, mu, L, INTERVAL_LEVELS)  # [N, 4, 4]
+    cov = interval_coverage(q[:, :, [0, 1]], q[:, :, [3, 2]], y, m_h)  # 95 %, 68 %
+    sds = sampling.marginal_sds(L)
+    cdf = np.column_stack([sampling.mixture_cdf(w, mu[:, :, d], sds[:, :, d], y[:, d]) for d in range(y.shape[1])])
+    pit = pit_values(np.clip(cdf, 0.0, 1.0), pit_bins)
+    crps_model = np.column_stack([sampling.crps_mixture(w, mu[:, :, d], sds[:, :, d], y[:, d])
+                                  for d in range(y.shape[1])])
+    crps = crps_summary(crps_model, homoscedastic_crps(baseline_prediction, baseline_scatter, y))
+    corr = correlation_difference(draws, y, m_h)
+    counts_s, counts_t = bin_counts(draws, edges), bin_counts(y, edges)
+    n_q = cov["n_by_quartile"]
+
+    def per_target(a) -> dict:
+        return {t: float(a[d]) for d, t in enumerate(TARGET_NAMES)}
+
+    def coverage(j: int, level: float) -> dict:
+        return {"nominal": level, "overall": per_target(cov["overall"][:, j]),
+                "by_quartile": {t: [float(v) for v in cov["by_quartile"][:, d, j]] for d, t in enumerate(TARGET_NAMES)},
+                "se_overall": float(binomial_se(level, len(y))),
+                "se_by_quartile": [float(v) for v in binomial_se(level, n_q)]}
+
+    return {
+        "n": int(len(y)), "seed": int(seed), "nll": nll,
+        "ks_d": ks_per_property(draws, y),
+        "correlation": {"pairs": list(PAIR_NAMES), "true": correlations_by_mass_quartile(y, m_h).tolist(),
+                        "sampled": correlations_by_mass_quartile(draws, m_h).tolist(),
+                        "max_abs_delta_by_quartile": [float(v) for v in corr["max_abs"]],
+                        "max_abs_delta": corr["max_abs_overall"]},
+        "coverage68": coverage(1, 0.68), "coverage95": coverage(0, 0.95),
+        "pit": {"edges": pit["edges"].tolist(), "fractions": {t: pit["fractions"][d].tolist()
+                                                               for d, t in enumerate(TARGET_NAMES)},
+                "max_dev": per_target(pit["max_dev"])},
+        "crps": crps,
+        "bin_counts": {t: {"sampled": [int(v) for v in counts_s[d]], "true": [int(v) for v in counts_t[d]],
+                           "ratio": [float(a / b) if b else None for a, b in zip(counts_s[d], counts_t[d])]}
+                       for d, t in enumerate(TARGET_NAMES)},
+    }
