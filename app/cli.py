@@ -163,12 +163,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.no_report:
         import tempfile
 
-        from training.report import build_report, store_report
+        from training.report import TRAIN_ENSEMBLE_SEEDS, build_report, store_report
 
         progress("the run's report (figures 2-9, tables), stored with the run")
         with tempfile.TemporaryDirectory() as tmp:
             box = float((df.attrs.get("galaxypaint") or {}).get("box") or 205.0)  # demo-data records its box
-            build_report(registry, df, tmp, run_id=summary["run_id"], box=box, progress=progress)
+            build_report(registry, df, tmp, run_id=summary["run_id"], box=box, progress=progress,
+                         ensemble_seeds=TRAIN_ENSEMBLE_SEEDS)
             stored = store_report(registry, summary["run_id"], tmp)
         print(f"report: {len(stored)} files stored with run {summary['run_id']} "
               f"(galaxypaint report --run {summary['run_id']} --out DIR writes them anew)")
@@ -316,6 +317,12 @@ def cmd_pk(args: argparse.Namespace) -> int:
 
     if args.box <= 0 or args.nmesh < 8:
         raise UserError("--box must be positive and --nmesh at least 8")
+    if args.mode == "sample":
+        return _pk_ensemble(args)
+    given = [flag for flag, value in (("--seeds", args.seeds), ("--seed0", args.seed0), ("--model", args.model),
+                                      ("--id-column", args.id_column)) if value is not None]
+    if given:
+        raise UserError(f"{', '.join(given)}: for --mode sample (an ensemble of sampled catalogs) only")
     targets = _csv_list(args.targets, TARGET_NAMES, "target") if args.targets else None
     try:
         edges = bin_edges(_parse_bin_edges(args.bins))
@@ -349,10 +356,64 @@ def cmd_pk(args: argparse.Namespace) -> int:
     return 0
 
 
+#: realizations of ``galaxypaint pk --mode sample`` unless --seeds says otherwise
+DEFAULT_ENSEMBLE_SEEDS = 20
+
+
+def _pk_ensemble(args: argparse.Namespace) -> int:
+    """``galaxypaint pk --mode sample``: S catalogs painted by the joint sampler against the true one."""
+    from pathlib import Path
+
+    from app.core.catalogs import read_table
+    from app.core.model import GalaxyModel, Mode
+    from app.painting.ensemble import MIN_SEEDS, ensemble_pk
+    from app.science.clustering import bin_edges
+
+    if args.targets:
+        raise UserError("--targets is for --mode mean: an ensemble measures the bins of all four properties")
+    n = DEFAULT_ENSEMBLE_SEEDS if args.seeds is None else args.seeds
+    if n < MIN_SEEDS:
+        raise UserError(f"--seeds {n}: an ensemble needs at least {MIN_SEEDS} sampled catalogs")
+    seed0 = 0 if args.seed0 is None else args.seed0
+    if seed0 + n - 1 >= 2**63:
+        raise UserError(f"--seed0 {seed0} with --seeds {n}: the seeds {seed0}..{seed0 + n - 1} pass 2**63 - 1")
+    seeds = range(seed0, seed0 + n)
+    try:
+        edges = bin_edges(_parse_bin_edges(args.bins))
+    except ValueError as exc:
+        raise UserError(f"--bins: {exc}") from None
+    df = read_table(args.catalog, args.columns)
+    model = GalaxyModel.from_registry(_registry(args), model=args.model, mode=Mode("sample", seed0))
+    t0 = time.perf_counter()
+    try:
+        result = ensemble_pk(df, model, seeds, args.box, args.nmesh, edges, id_column=args.id_column,
+                             progress=_progress_bar("sampled catalogs", "catalog"))
+    except ValueError as exc:  # a catalog error, or a bin without galaxies
+        raise UserError(str(exc)) from None
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    out = Path(args.out)
+    written = result.write_outputs(out, source=str(args.catalog),
+                                   title=f"{Path(args.catalog).name}: {n} sampled catalogs vs the true P(k)")
+    if args.json:
+        print((out / written["file"]).read_text())
+    else:
+        import pandas as pd
+
+        print(pd.DataFrame(written["summary"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        used = ", ".join(dict.fromkeys(f"{d['name']}/{d['version']}" for d in result.models))
+        print(f"{n} sampled catalogs (seeds {seed0}..{seed0 + n - 1}, {used}) of {result.n_halos:,} halos, "
+              f"{len(result.bins)} bins in {time.perf_counter() - t0:.1f} s; wrote pk.json, pk.csv, pk_summary.csv, "
+              f"pk.png in {out}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from training.pipeline import TrainingError
     from training.report import build_report
 
+    if args.ensemble_seeds < 0 or args.ensemble_seeds == 1:
+        raise UserError(f"--ensemble-seeds {args.ensemble_seeds}: 0 (no ensemble) or at least 2 sampled catalogs")
     registry = _registry(args)
     data = args.data
     if data is None:
@@ -372,7 +433,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     try:
         summary = build_report(registry, df, args.out, run_id=args.run, box=args.box, nmesh=args.nmesh,
-                               progress=progress)
+                               progress=progress, ensemble_seeds=args.ensemble_seeds)
     except (TrainingError, ValueError) as exc:
         raise UserError(str(exc)) from None
     for note in summary["notes"]:
@@ -383,6 +444,12 @@ def cmd_report(args: argparse.Namespace) -> int:
             diff = "n/a" if r["rel_diff_pct"] is None else f"{r['rel_diff_pct']:+.2f} %"
             print(f"  {r['target']:7s} bin {r['bin']} {r['range']:16s} chi2/dof {r['chi2_dof']:8.3f}  "
                   f"mean diff {diff}")
+    if summary.get("sampler") and summary["sampler"].get("pk_sample"):
+        rows = summary["sampler"]["pk_sample"]
+        print(f"P(k), {args.ensemble_seeds} sampled catalogs of the joint sampler:")
+        for r in rows:
+            print(f"  {r['target']:7s} bin {r['bin']} {r['range']:16s} consistency {r['consistency']:8.3f}  "
+                  f"rel. bias {r['rel_bias']:.3f} (mean stack {r['rel_bias_mean_stack']:.3f})")
     print(f"report of run {summary['run_id']}: {len(summary['figures'])} figures, report.md and report.html "
           f"in {summary['out']}")
     return 0
@@ -574,8 +641,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("pk", help="power spectra of predicted vs true galaxy populations (paper Fig. 9)",
                        description="Split galaxies in two bins per property and compare the P(k) of the "
-                                   "predicted (<target>_pred) and true (<target>) populations.")
-    p.add_argument("--catalog", required=True, help="painted/predicted catalog with x, y, z and <target>_pred")
+                                   "predicted (<target>_pred) and true (<target>) populations; with --mode sample, "
+                                   "paint S catalogs with the joint sampler and compare the true P(k) with their "
+                                   "ensemble (mean and scatter).")
+    p.add_argument("--catalog", required=True, help="mode mean: a painted/predicted catalog with x, y, z and "
+                   "<target>_pred; mode sample: a halo catalog with the 5 features, x, y, z and the true properties")
     p.add_argument("--out", required=True, help="output directory (pk.json, pk.csv, pk_summary.csv, pk.png)")
     p.add_argument("--box", type=float, default=205.0, help="periodic box side [Mpc/h] (default 205)")
     p.add_argument("--nmesh", type=int, default=256, help="FFT mesh per side (default 256; TSC + interlacing)")
@@ -583,6 +653,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", help="subset of properties (default: every <target>_pred column)")
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
+    p.add_argument("--mode", choices=("mean", "sample"), default="mean",
+                   help="mean: the catalog's <target>_pred columns against its true ones (default); sample: an "
+                        "ensemble of catalogs drawn by the joint sampler against the true one")
+    p.add_argument("--seeds", type=int, help=f"--mode sample: number S of sampled catalogs (default "
+                   f"{DEFAULT_ENSEMBLE_SEEDS}, at least 2), drawn with the seeds seed0..seed0+S-1")
+    p.add_argument("--seed0", type=_seed, help="--mode sample: the first seed (default 0)")
+    p.add_argument("--registry", help=reg_help + " (--mode sample)")
+    p.add_argument("--model", help="--mode sample: the joint sampler's alias, version or reference "
+                   "(default: production)")
+    p.add_argument("--id-column", help="--mode sample: integer column keying each halo's draws (default: ID if "
+                   "present, else the halo's row number in the catalog), as in paint")
     p.set_defaults(func=cmd_pk)
 
     p = sub.add_parser("paint", help="paint a (large) halo catalog with the registered stacks, streaming",
@@ -624,6 +705,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", help=reg_help)
     p.add_argument("--box", type=float, default=205.0, help="periodic box side [Mpc/h] for P(k) (default 205)")
     p.add_argument("--nmesh", type=int, default=256, help="FFT mesh per side for P(k) (default 256)")
+    p.add_argument("--ensemble-seeds", type=int, default=10, metavar="S",
+                   help="sampled catalogs behind the P(k) of the joint sampler's populations (default 10; "
+                        "0 skips it; runs without a sampler have no such section)")
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
     p.set_defaults(func=cmd_report)
 

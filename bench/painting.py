@@ -1,14 +1,14 @@
 """Painting throughput and memory, file to file: local streaming engine vs Dask LocalCluster.
 
-    python bench/painting.py --registry models [--n 10000000] [--engines local,dask] [--chunk-rows 262144]
+    python bench/painting.py --registry models [--n 10000000] [--engines local,dask] [--modes mean,sample]
+                             [--chunk-rows 262144]
 
 Writes a synthetic halo catalog (features resampled from the built-in catalog with jitter, Parquet,
 written in row groups so the generator itself stays small), then runs ``galaxypaint paint`` on it
-as a child process per engine and reports wall time, halos/s and the peak RSS of the largest child
-process (for Dask: the largest of client and workers).  Goal (issue #7): >= 200,000 halos/s with
-peak memory < 2 GB on 2 cores.  The stacks' cost is dominated by their slowest member, the exact
-kNN (``training/knn_onnx.py``); train with ``--models ert,lgbm,nn`` (or lgbm,nn) for faster painting
-and compare.
+as a child process per engine and mode (``mean``: the stacks; ``sample``: draws from the joint
+sampler, seed 7; ``quantiles``: the sampler's 16/50/84 % quantiles) and reports wall time, halos/s
+and the peak RSS of the largest child process (for Dask: the largest of client and workers).
+Goals and past figures: ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--registry", required=True)
     parser.add_argument("--n", type=int, default=10_000_000)
     parser.add_argument("--engines", default="local,dask")
+    parser.add_argument("--modes", default="mean", help="comma-separated: mean, sample, quantiles")
     parser.add_argument("--chunk-rows", type=int, default=1 << 18)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the synthetic catalog and outputs")
@@ -63,11 +64,11 @@ def main() -> None:
     src = synthetic_catalog(tmp / "halos.parquet", args.n)
     print(f"synthetic catalog: {args.n:,} halos, {src.stat().st_size / 2**20:.0f} MiB, written in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
-    print("engine   seconds   halos/s     peak RSS (largest process)")
-    for engine in args.engines.split(","):
+    print("engine  mode       seconds   halos/s     peak RSS (largest process)")
+    for engine, mode in ((e, m) for e in args.engines.split(",") for m in args.modes.split(",")):
         out = tmp / ("painted.parquet" if engine == "local" else "painted_dask")
         cmd = [sys.executable, "-m", "app.cli", "paint", "--catalog", str(src), "--out", str(out), "--registry",
-               args.registry, "--engine", engine, "--chunk-rows", str(args.chunk_rows)]
+               args.registry, "--engine", engine, "--chunk-rows", str(args.chunk_rows), "--mode", mode, "--seed", "7"]
         if engine == "dask":
             cmd += ["--dask-workers", str(args.workers)]
         # a wrapper process per engine: its RUSAGE_CHILDREN sees only this run's processes
@@ -78,10 +79,10 @@ def main() -> None:
         res = subprocess.run(wrapper, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
         if res.returncode != 0:
-            print(f"{engine}: failed: {res.stderr.strip().splitlines()[-2:]}")
+            print(f"{engine} {mode}: failed: {res.stderr.strip().splitlines()[-2:]}")
             continue
         peak = int(res.stderr.strip().splitlines()[-1].split()[1]) / 1024
-        print(f"{engine:7s} {seconds:8.1f}  {args.n / seconds:10,.0f}   {peak:8.0f} MiB", flush=True)
+        print(f"{engine:7s} {mode:9s} {seconds:8.1f}  {args.n / seconds:10,.0f}   {peak:8.0f} MiB", flush=True)
         print("        " + res.stdout.strip().splitlines()[-1][:160])
     if not args.keep:
         import shutil

@@ -8,7 +8,7 @@ call of ours at a mesh size also builds the cached bin layout, so the second cal
 Accuracy: a catalog of ~2.1M particles on the sites of a 512^3 lattice with lognormal-Poisson
 counts, whose exact P(k) is the FFT of the counts (no assignment, no aliasing): max and rms
 relative error for k <= 0.5 k_Nyq(256), ours TSC+interlacing at 256^3 vs Pylians CIC at 512^3.
-Goal (issue #5): ours <= Pylians in time, and ours at 256^3 more accurate than Pylians CIC at 512^3.
+Goals and past figures: ``bench/README.md``.
 """
 
 from __future__ import annotations

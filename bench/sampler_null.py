@@ -35,9 +35,8 @@ with 5 ensembles the extreme of 5; the table says how many draws back each row. 
 holds every null draw, the percentiles, the true P(k) and counts per bin and the settings (a sampler is
 judged against this null only with the same catalog, split, k bins and S).
 
-The default run is estimated at ~10 min on 2 cores from its parts (800 spectra of ~0.55 s each at 256^3,
-~70k test haloes; redrawing them takes ~10 ms, the 199 draws per halo for the intervals a few s); ``--n
-40000 --redraws 40 --ensembles 2 --nmesh 128`` took 14 s.
+The cost is that of the spectra: 8 per realization used in an ensemble (~0.5 s each at 256^3 for the
+~70k test haloes); run times: ``bench/README.md``.
 """
 
 from __future__ import annotations

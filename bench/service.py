@@ -5,9 +5,8 @@
 Starts ``galaxypaint serve`` on a free port (or uses ``--url``), then with an httpx client:
 single-halo ``/v1/predict`` latency p50/p99 for one target (smass, raw stack) and for all four,
 the end-to-end throughput of one columnar 100k-halo request, and the same for Open Inference
-Protocol v2 (``/v2/models/smass-raw-stack/infer``).  Goals (issue #6): p50 <= 3 ms for one target,
-<= 10 ms for four; >= 100,000 halos/s for the 100k request.  A stack's speed is bounded by its
-slowest member, the exact kNN (``training/knn_onnx.py``), which bounds the batch throughput.
+Protocol v2 (``/v2/models/smass-raw-stack/infer``).  A stack's speed is bounded by its slowest
+member, the exact kNN (``training/knn_onnx.py``).  Goals and past figures: ``bench/README.md``.
 """
 
 from __future__ import annotations

@@ -2,12 +2,12 @@
 
     python bench/smogn_speed.py [--sizes 1000,2000,4000,8000] [--skip-reference]
 
-Part 1 (issue #4's measurement set-up): 6 columns (5 halo features + smass), k=7, pert=0.04,
+Part 1: 6 columns (5 halo features + smass), k=7, pert=0.04,
 balance, automatic relevance; wall time of ``smogn.smoter`` (numpy.random and random seeded) and
-of ``training.smogn`` at each size, and the ratio.  Goal: >= 100x at 8,000 rows.
+of ``training.smogn`` at each size, and the ratio.
 Part 2: ours with the paper's per-target settings on the 48 % training split of the full built-in
-catalog (83,773 rows), each target in a fresh process: wall time and peak RSS.  Goal: < 10 s and
-< 2 GB each on 2 cores.
+catalog (83,773 rows), each target in a fresh process: wall time and peak RSS.  Goals and past
+figures: ``bench/README.md``.
 """
 
 from __future__ import annotations

@@ -5,8 +5,7 @@
 For each target (raw path): wall time of the whole train-measure-export step; then, for every model
 and for the fused stack, native vs onnxruntime throughput on a 100,000-halo batch and single-halo
 latency (median of 200 calls), ONNX size, and the max |ONNX - native| on the test split.
-Goals (issue #3): raw path, 4 targets, full size: paper preset < 20 min, fast < 3 min; fused stack
->= 50,000 halos/s on 100k, single halo <= 2 ms.
+Goals and past figures: ``bench/README.md``.
 """
 
 from __future__ import annotations

@@ -59,3 +59,47 @@ def trained(tmp_path_factory):
     (root / "data").mkdir()
     write_table(df.iloc[:3000], root / "data" / "halos.parquet")
     return root, df
+
+
+@pytest.fixture(scope="session")
+def trained_sampler(tmp_path_factory):
+    """A fast-preset registry WITH the joint sampler (all four targets; LightGBM stacks only, to keep it
+    quick) on a small built-in catalog, shared by the tests of sample and quantiles modes.  Returns
+    (root, the catalog, the run summary).  Tests that change it work on a copy."""
+    pytest.importorskip("lightgbm")
+    from app.core.registry import Registry
+    from app.core.schema import TARGET_NAMES
+    from training.demo_catalog import make_demo_catalog
+    from training.pipeline import TrainConfig, run_training
+
+    root = tmp_path_factory.mktemp("trained_sampler")
+    df = make_demo_catalog(n=6000, seed=21)
+    summary = run_training(df, Registry(root / "models"), TrainConfig(targets=TARGET_NAMES, paths=("raw",),
+                                                                      preset="fast", seed=3, models=("lgbm",)))
+    return root, df, summary
+
+
+@pytest.fixture(scope="session")
+def small_sampler_run(tmp_path_factory):
+    """One tiny run WITH the joint sampler (3,000 built-in galaxies, all four targets, LightGBM stacks)
+    trained once for the service, ensemble and report tests; use ``registry_copy`` to get a registry of
+    your own.  Returns (models directory, the catalog, the run summary)."""
+    pytest.importorskip("lightgbm")
+    from app.core.registry import Registry
+    from app.core.schema import TARGET_NAMES
+    from training.demo_catalog import make_demo_catalog
+    from training.pipeline import TrainConfig, run_training
+
+    models = tmp_path_factory.mktemp("small_sampler_run") / "models"
+    df = make_demo_catalog(n=3000, seed=12)
+    summary = run_training(df, Registry(models), TrainConfig(targets=TARGET_NAMES, paths=("raw",), preset="fast",
+                                                             models=("lgbm",), seed=1))
+    return models, df, summary
+
+
+def registry_copy(run, dest: Path) -> Path:
+    """A private copy of a session run's registry directory at ``dest`` (tests may change it)."""
+    import shutil
+
+    shutil.copytree(run[0], dest)
+    return dest

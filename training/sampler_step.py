@@ -23,7 +23,7 @@ import pandas as pd
 
 from app import __version__
 from app.core.schema import FEATURE_NAMES, TARGET_NAMES
-from app.science.populations import evaluate_sampler, residual_scatter
+from app.science.populations import TAIL_BIN, TAIL_NAME, evaluate_sampler, residual_scatter
 from training import onnx_export as ox
 from training.sampler import MixtureDensityNetwork, check_sampler_fidelity, sampler_graph
 
@@ -122,13 +122,14 @@ def format_sampler(entry: dict[str, Any]) -> str:
     lines = [f"joint sampler (raw): MDN K={h['n_components']} {h['width']}x{h['depth']}, test NLL {e['nll']:.4f} "
              f"nats/galaxy, ONNX diff {entry['metrics']['onnx_max_abs_diff']:.1e}",
              f"{'property':8s} {'KS D':>7s} {'cov68':>7s} {'cov95':>7s} {'CRPS':>9s} {'baseline':>9s} {'ratio':>6s} "
-             f"{'tail bin sampled/true':>22s}"]
+             f"{'tail bin sampled/true':>24s}"]
     for t in TARGET_NAMES:
         c = e["crps"][t]
-        r = e["bin_counts"][t]["ratio"][1]
+        r = e["bin_counts"][t]["ratio"][TAIL_BIN[t]]
+        tail = f"{TAIL_NAME[t]} {'n/a' if r is None else f'{r:.3f}'}"
         lines.append(f"{t:8s} {e['ks_d'][t]:7.4f} {100 * e['coverage68']['overall'][t]:6.2f}% "
                      f"{100 * e['coverage95']['overall'][t]:6.2f}% {c['model']:9.5f} {c['baseline']:9.5f} "
-                     f"{c['ratio']:6.3f} {('n/a' if r is None else f'{r:.3f}'):>22s}")
+                     f"{c['ratio']:6.3f} {tail:>24s}")
     lines.append("max |delta correlation| per M_h quartile (low to high): "
                  + " ".join(f"{v:.3f}" for v in e["correlation"]["max_abs_delta_by_quartile"]))
     return "\n".join(lines)

@@ -17,9 +17,9 @@ from typing import Sequence
 import numpy as np
 
 from app.core.db import DB_NAME, watch_connection
-from app.core.model import GalaxyModel, LoadedModel, resolve
+from app.core.model import MEAN, MODES, SAMPLER_KIND, GalaxyModel, LoadedModel, Mode, resolve
 from app.core.registry import DEFAULT_ALIAS, InvalidReference, ModelNotFound, ModelVersion, Registry
-from app.core.schema import COLUMNS, FEATURE_NAMES, TARGET_NAMES
+from app.core.schema import COLUMNS, DEFAULT_QUANTILE_LEVELS, FEATURE_NAMES, TARGET_NAMES, parse_quantile_levels
 
 VARIANTS = ("raw", "smogn")
 SERVING_ALIAS = DEFAULT_ALIAS
@@ -71,21 +71,32 @@ class ModelStore:
                 raise DataPlaneError(str(exc), "model", status=404) from None
         return cached
 
-    def resolve(self, targets: Sequence[str] | None, variant: str, model: str | None) -> dict[str, ModelVersion]:
-        """target -> the version serving it (``app.core.model.resolve``), cached until the registry changes."""
+    def resolve(self, targets: Sequence[str] | None, variant: str, model: str | None,
+                mode: Mode = MEAN) -> dict[str, ModelVersion]:
+        """target -> the version serving it (``app.core.model.resolve``: the stacks in mean mode, the joint
+        sampler in sample and quantiles modes), cached until the registry changes."""
         if variant not in VARIANTS:
             raise DataPlaneError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}", "variant")
         bad = [t for t in targets or () if t not in TARGET_NAMES]
         if bad:
             raise DataPlaneError(f"unknown target {', '.join(bad)[:200]}: choose from {', '.join(TARGET_NAMES)}",
                                  "targets")
+        if mode.uses_sampler and variant != "raw":
+            raise DataPlaneError(f"mode {mode.name} draws from the joint sampler, which is trained on the raw variant "
+                                 f"only, not {variant!r}: use variant raw (or mode mean for the {variant} stacks)",
+                                 "variant")
         self._check_fresh()
-        key = ("choice", tuple(targets or ()), variant, model)
+        key = ("choice", tuple(targets or ()), variant, model, mode.uses_sampler)
         cached = self._resolved.get(key)
         if cached is None:
             try:
-                cached = self._resolved[key] = resolve(self.registry, targets, variant, model)
+                cached = self._resolved[key] = resolve(self.registry, targets, variant, model, mode)
             except ModelNotFound as exc:
+                if mode.uses_sampler and not model:
+                    raise DataPlaneError(f"no joint sampler is registered on this server: mode {mode.name} needs one "
+                                         "(galaxypaint train fits it when all four targets are trained on the raw "
+                                         "variant); use mode mean for the stacks' predictions", "model",
+                                         status=404) from None
                 raise DataPlaneError(str(exc), "model" if model else "variant", status=404) from None
             except InvalidReference as exc:
                 raise DataPlaneError(str(exc), "model") from None
@@ -116,10 +127,11 @@ class ModelStore:
             return loaded
 
     def warm(self) -> list[str]:
-        """Load (and keep) every stack carrying the serving alias; other models load on first use."""
+        """Load (and keep) every stack and the joint sampler carrying the serving alias; other models load on
+        first use."""
         loaded = []
         for latest in self.registry.list_models():
-            if latest.kind != "stack":
+            if latest.kind not in ("stack", SAMPLER_KIND):
                 continue
             try:
                 mv = self.registry.get(latest.name, alias=SERVING_ALIAS)
@@ -136,9 +148,94 @@ class ModelStore:
 
 @dataclass
 class Prediction:
-    values: dict[str, np.ndarray]
+    values: dict[str, np.ndarray]  # output (a target, or <target>_q<level> in quantiles mode) -> one value per halo
     models: list[dict]
     warnings: list[dict] = field(default_factory=list)
+    units: dict[str, str] = field(default_factory=dict)  # output -> its unit
+
+    @property
+    def targets(self) -> list[str]:
+        """The targets answered, in order (bounded label values for metrics, whatever the outputs)."""
+        return list(dict.fromkeys(m["target"] for m in self.models))
+
+
+#: halo ids lie in [ID_MIN, ID_END): int64 or uint64 (a negative id keys its draw as its two's complement)
+ID_MIN, ID_END = -(2**63), 2**64
+
+
+def request_mode(name: object = None, seed: object = None, quantiles: object = None) -> Mode:
+    """A client's mode, checked: ``name`` mean (default), sample or quantiles; ``seed`` (sample only, an
+    integer in [0, 2**63), default 0); ``quantiles`` (quantiles only: percent levels, a list or a
+    comma-separated string, default 16, 50, 84).  A field given with a mode it does not apply to is
+    refused rather than ignored (a seed sent without ``mode: sample`` would otherwise give means)."""
+    name = "mean" if name is None else name
+    if not isinstance(name, str) or name not in MODES:
+        raise DataPlaneError(f"{str(name)[:40]!r} is not a mode: choose from {', '.join(MODES)}", "mode")
+    if seed is not None and name != "sample":
+        raise DataPlaneError(f"a seed is for mode sample (the draws), not mode {name}", "seed")
+    if quantiles is not None and name != "quantiles":
+        raise DataPlaneError(f"quantile levels are for mode quantiles, not mode {name}", "quantiles")
+    if seed is None:
+        seed = 0
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise DataPlaneError(f"{str(seed)[:40]} is not an integer in [0, 2**63)", "seed")
+    levels = DEFAULT_QUANTILE_LEVELS
+    if quantiles is not None:
+        if not isinstance(quantiles, (str, list, tuple)):
+            raise DataPlaneError("a list of percent levels (e.g. [16, 50, 84]) is needed", "quantiles")
+        try:
+            levels = parse_quantile_levels(quantiles)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise DataPlaneError(str(exc), "quantiles") from None
+    try:
+        return Mode(name, seed, levels)
+    except InvalidReference as exc:  # not reached: every field is checked above
+        raise DataPlaneError(str(exc), "mode") from None
+
+
+def halo_ids(n: int, mode: Mode, ids: object = None, offset: object = None) -> np.ndarray | None:
+    """The integers keying each of ``n`` halos' draws in sample mode (None in the other modes), as the
+    uint64 counters the sampler uses: ``ids`` (one integer per halo, in int64 or uint64 range, distinct)
+    or ``offset`` (ids offset, offset + 1, ...).  One of them is required: a draw depends only on (seed,
+    id), so two requests keyed alike by default would silently get the same deviates."""
+    if mode.name != "sample":
+        if ids is not None:
+            raise DataPlaneError(f"ids key the draws of mode sample; mode {mode.name} takes none", "ids")
+        if offset is not None:
+            raise DataPlaneError(f"an offset keys the draws of mode sample; mode {mode.name} takes none", "offset")
+        return None
+    if ids is not None and offset is not None:
+        raise DataPlaneError("give either ids (one per halo) or an offset (ids offset, offset + 1, ...), not both",
+                             "ids")
+    if ids is None and offset is None:
+        raise DataPlaneError("mode sample needs one integer id per halo (ids) or an offset (ids offset, offset + 1, "
+                             "...): a halo's draw depends only on (seed, id), so halos sent in separate requests "
+                             "must not share ids", "ids")
+    if offset is not None:
+        if isinstance(offset, bool) or not isinstance(offset, int) or not ID_MIN <= offset <= ID_END - max(n, 1):
+            raise DataPlaneError(f"{str(offset)[:40]} is not an integer such that offset .. offset + {max(n - 1, 0)} "
+                                 "lie in the int64 or uint64 range", "offset")
+        if offset + n <= 2**63:
+            return np.arange(offset, offset + n, dtype=np.int64).view(np.uint64)
+        return np.arange(offset, offset + n, dtype=np.uint64)
+    if not isinstance(ids, (list, tuple)):
+        raise DataPlaneError("a list of integers, one per halo, is needed", "ids")
+    if len(ids) != n:
+        raise DataPlaneError(f"{len(ids):,} ids for {n:,} halos: give one per halo, in order", "ids")
+    for i, v in enumerate(ids):
+        if isinstance(v, bool) or not isinstance(v, int) or not ID_MIN <= v < ID_END:
+            raise DataPlaneError(f"id {i} ({str(v)[:40]}) is not an integer in the int64 or uint64 range", "ids")
+    counters = np.array([v % ID_END for v in ids], dtype=np.uint64)  # two's complement, as the sampler keys them
+    if len(np.unique(counters)) != len(counters):
+        seen: dict[int, int] = {}
+        for j, c in enumerate(counters.tolist()):
+            if c in seen:
+                i = seen[c]
+                same = "" if ids[i] == ids[j] else f" ({str(ids[i])[:24]} and {str(ids[j])[:24]} as 64-bit counters)"
+                raise DataPlaneError(f"ids {i} and {j} repeat one halo id{same}: the two halos would get identical "
+                                     "galaxies", "ids")
+            seen[c] = j
+    return counters
 
 
 def check_features(x: np.ndarray, names: Sequence[str] = FEATURE_NAMES) -> np.ndarray:
@@ -193,10 +290,43 @@ def domain_warnings(x: np.ndarray, mvs: Sequence[ModelVersion], limit: int = 10_
 
 
 def predict(store: ModelStore, x: np.ndarray, variant: str = "raw", targets: Sequence[str] | None = None,
-            model: str | None = None) -> Prediction:
-    """Stack predictions for halos ``x`` [N, 5] (schema order and units) for each requested target."""
+            model: str | None = None, mode: Mode = MEAN, ids: object = None, offset: object = None) -> Prediction:
+    """Galaxy properties of halos ``x`` [N, 5] (schema order and units) for each requested target: the
+    stacks' predictions (mean mode), one draw per halo from the joint sampler keyed by (``mode.seed``,
+    id) with ids from ``ids`` or ``offset`` (sample mode; ``halo_ids``), or the sampler's marginal
+    quantiles (quantiles mode: outputs ``<target>_q<level>``)."""
     x = check_features(x)
-    versions = store.resolve(targets, variant, model)
-    galaxy = GalaxyModel(store.registry, versions, variant, loader=store.session)
-    values = check_outputs(galaxy.predict(x))
-    return Prediction(values, galaxy.pinned(), domain_warnings(x, list(versions.values())))
+    keys = halo_ids(len(x), mode, ids, offset)
+    versions = store.resolve(targets, variant, model, mode)
+    return _predict_with(store, versions, variant, x, mode, keys)
+
+
+def predict_version(store: ModelStore, mv: ModelVersion, x: np.ndarray, mode: Mode = MEAN, ids: object = None,
+                    offset: object = None) -> Prediction:
+    """One registered version's answer (the Open Inference Protocol serves one graph per model): a stack
+    or base model predicts its target in mean mode; the joint sampler draws (sample) or gives the
+    quantiles (quantiles) of every target it models."""
+    x = check_features(x)
+    keys = halo_ids(len(x), mode, ids, offset)
+    is_sampler = mv.kind == SAMPLER_KIND
+    if mode.uses_sampler and not is_sampler:
+        raise DataPlaneError(f"mode {mode.name} needs the joint sampler; {mv.name} is a {mv.kind} (it predicts "
+                             "means): use mode mean, or the sampler model", "mode")
+    if is_sampler and not mode.uses_sampler:
+        raise DataPlaneError(f"{mv.name} is the joint sampler: it draws galaxies (mode sample) or gives their "
+                             "quantiles (mode quantiles), not means", "mode")
+    versions = {t: mv for t in mv.targets} if is_sampler else {mv.target: mv}
+    return _predict_with(store, versions, mv.variant, x, mode, keys)
+
+
+def _predict_with(store: ModelStore, versions: dict[str, ModelVersion], variant: str, x: np.ndarray, mode: Mode,
+                  keys: np.ndarray | None) -> Prediction:
+    try:
+        galaxy = GalaxyModel(store.registry, versions, variant, loader=store.session)
+        raw = galaxy.predict(x, mode, keys)
+    except InvalidReference as exc:  # the versions cannot answer the mode (resolution normally refuses first)
+        raise DataPlaneError(str(exc), "mode") from None
+    values = check_outputs(raw)
+    units = {name: COLUMNS[t].unit for t in versions for name in mode.outputs([t])}
+    unique = list({(mv.name, mv.version): mv for mv in versions.values()}.values())
+    return Prediction(values, galaxy.pinned(), domain_warnings(x, unique), units)

@@ -560,8 +560,11 @@ def _catalog_inspector() -> Callable[[str, int], dict] | None:
 
 def _run_paint(params: dict, ctx: JobContext) -> dict:
     """Paint with exactly the versions the job was accepted with (``params["models"]``, pinned by the
-    route), whatever the aliases say now."""
+    route), whatever the aliases say now, in the mode it was accepted with (``mode``, ``seed``,
+    ``quantiles``; jobs recorded before modes existed are mean) and keyed by its ``id_column``."""
+    from app.core.model import Mode
     from app.core.registry import Registry
+    from app.core.schema import DEFAULT_QUANTILE_LEVELS
     from app.painting.local import paint
     from app.painting.spec import PaintSpec
 
@@ -571,9 +574,11 @@ def _run_paint(params: dict, ctx: JobContext) -> dict:
         inspect(params["input"], int(ctx.limits["max_upload_bytes"]))
     out = ctx.work / f"painted.{params.get('output_format', 'parquet')}"
     registry = Registry(ctx.registry_root, create=False)
+    mode = Mode(params.get("mode") or "mean", int(params.get("seed") or 0),
+                params.get("quantiles") or DEFAULT_QUANTILE_LEVELS)
     spec = PaintSpec(Path(params["input"]), out, variant=params.get("variant", params.get("path", "raw")),
                      pinned=tuple(params["models"]), columns=params.get("columns") or {}, threads=ctx.threads,
-                     max_bytes=int(ctx.limits["max_upload_bytes"]))
+                     max_bytes=int(ctx.limits["max_upload_bytes"]), mode=mode, id_column=params.get("id_column"))
     progress = ctx.progress
     summary = paint(spec, registry, lambda done, total: progress(done / max(total, 1), f"{done:,}/{total:,} halos"))
     return {"file": out.name, **{k: v for k, v in summary.items() if k != "output"}}
@@ -584,6 +589,8 @@ def _run_pk(params: dict, ctx: JobContext) -> dict:
     if nmesh > int(ctx.limits["max_pk_nmesh"]):  # the route checks first; this guards queued or old rows
         raise ValueError(f"nmesh: {nmesh} is above this server's limit of {ctx.limits['max_pk_nmesh']} "
                          "(memory grows as nmesh^3)")
+    if params.get("mode") == "sample":
+        return _run_pk_ensemble(params, ctx, nmesh)
 
     from app.core.catalogs import load_catalog
     from app.core.schema import POSITION_NAMES, pred_column
@@ -604,6 +611,44 @@ def _run_pk(params: dict, ctx: JobContext) -> dict:
     results = compare_catalog(df, box, nmesh, params.get("targets"), edges, progress=lambda f, m: ctx.progress(f, m))
     return write_pk_outputs(results, ctx.work, box=box, nmesh=nmesh, edges=edges, title="predicted vs true P(k)",
                             source=str(params.get("source", "")))
+
+
+def _run_pk_ensemble(params: dict, ctx: JobContext, nmesh: int) -> dict:
+    """A P(k) job in mode sample: ``params["seeds"]`` catalogs drawn for the catalog's haloes by exactly the
+    sampler the job was accepted with (``params["models"]``, pinned by the route), seeds ``seed0`` on,
+    against the true galaxies (the catalog's own property columns, or those of ``truth``, same rows)."""
+    from app.core.catalogs import read_table
+    from app.core.model import GalaxyModel
+    from app.core.registry import Registry
+    from app.core.schema import TARGET_NAMES
+    from app.painting.ensemble import ensemble_pk
+
+    inspect = _catalog_inspector()
+    if inspect is not None:  # the whole catalog is read into memory: refuse oversized or malformed files first
+        ctx.progress(0.0, "checking the catalog")
+        for key in ("input", "truth"):
+            if params.get(key):
+                inspect(params[key], int(ctx.limits["max_upload_bytes"]))
+    df = read_table(params["input"], params.get("columns"))
+    if params.get("truth"):
+        truth = read_table(params["truth"])
+        if len(truth) != len(df):
+            raise ValueError(f"the truth catalog has {len(truth):,} rows, the halo catalog {len(df):,}: they must be "
+                             "the same haloes in the same order")
+        for t in [c for c in TARGET_NAMES if c in truth.columns]:
+            df[t] = truth[t].to_numpy()
+    model = GalaxyModel.from_pinned(Registry(ctx.registry_root, create=False), params["models"],
+                                    params.get("variant", "raw"), ctx.threads)
+    seed0, n = int(params.get("seed0") or 0), int(params["seeds"])
+    progress = ctx.progress
+    result = ensemble_pk(df, model, range(seed0, seed0 + n), float(params.get("box", 205.0)), nmesh,
+                         params.get("edges"), id_column=params.get("id_column"),
+                         progress=lambda done, total: progress(done / max(total, 1), f"{done}/{total} sampled catalogs"))
+    written = result.write_outputs(ctx.work, title=f"{n} sampled catalogs vs the true P(k)",
+                                   source=str(params.get("source", "")))
+    return {**written, "mode": "sample", "n_realizations": n, "seed_range": [seed0, seed0 + n - 1],
+            "n_halos": result.n_halos, "models": result.models, "id_column": result.id_column or "row number",
+            "seconds": result.seconds, "warnings": result.warnings[:10]}
 
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

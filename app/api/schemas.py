@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
 
 from app.core.schema import COLUMNS, FEATURE_NAMES
 
@@ -20,6 +20,10 @@ class Halo(BaseModel):
     Delta3_h: float = Field(description=COLUMNS["Delta3_h"].description + f" [{COLUMNS['Delta3_h'].unit}]")
 
 
+#: a halo id keying a draw: an integer (strict: no strings or floats) in the int64 or uint64 range
+HaloId = Annotated[StrictInt, Field(ge=-(2**63), lt=2**64)]
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     halos: list[Halo] | None = Field(None, description="row form: one object per halo")
@@ -31,6 +35,18 @@ class PredictRequest(BaseModel):
                                       description="subset of smass, sSFR, radius, color (default: all served)")
     model: str | None = Field(None, max_length=256,
                               description="alias (staging), version number, or full reference for one target")
+    mode: Literal["mean", "sample", "quantiles"] = Field(
+        "mean", description="mean: the stacks' E[property | halo] (default); sample: one galaxy drawn per halo from "
+                            "the joint sampler, keyed by (seed, halo id); quantiles: the sampler's marginal quantiles "
+                            "(outputs <target>_q<level>)")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="seed of the draws (mode sample only; default 0)")
+    quantiles: list[float] | None = Field(None, min_length=1, max_length=99,
+                                          description="quantile levels in percent, strictly between 0 and 100 "
+                                                      "(mode quantiles only; default [16, 50, 84])")
+    ids: list[HaloId] | None = Field(None, description="mode sample: one integer id per halo, distinct, in request "
+                                                       "order (a halo's draw depends only on the seed and its id)")
+    offset: HaloId | None = Field(None, description="mode sample, instead of ids: the halos' ids are offset, "
+                                                    "offset + 1, ... in request order")
 
     @model_validator(mode="after")
     def _one_form(self) -> "PredictRequest":
@@ -69,10 +85,15 @@ class PredictResponse(BaseModel):
     n_halos: int
     variant: str
     path: str = Field(description="deprecated: the same as 'variant'", json_schema_extra={"deprecated": True})
-    predictions: dict[str, list[float]] = Field(description="target -> one value per halo, in request order")
-    units: dict[str, str]
+    predictions: dict[str, list[float]] = Field(description="output -> one value per halo, in request order: the "
+                                                            "target (mean, or one draw in mode sample) or "
+                                                            "<target>_q<level> (mode quantiles)")
+    units: dict[str, str] = Field(description="output -> unit")
     models: list[ModelUsed]
     warnings: list[HaloWarning] = Field(description="halos with a feature outside the models' training range")
+    mode: Literal["mean", "sample", "quantiles"] = "mean"
+    seed: int | None = Field(None, description="mode sample: the seed of the draws")
+    quantiles: list[float] | None = Field(None, description="mode quantiles: the levels (percent), sorted")
 
 
 MAX_VERSION = 2**31 - 1
@@ -113,6 +134,8 @@ class JobPage(BaseModel):
 
 #: a path relative to the data directory: no NUL byte, bounded length
 DataPath = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\x00]+$")]
+#: most sampled catalogs a P(k) job in mode sample may ask for (each costs one set of spectra)
+MAX_PK_SEEDS = 50
 
 
 class PkJobRequest(BaseModel):
@@ -127,11 +150,35 @@ class PkJobRequest(BaseModel):
     edges: dict[str, Annotated[list[float], Field(min_length=3, max_length=3)]] | None = Field(
         None, max_length=8, description="property -> [lo, mid, hi]; default: the paper's")
     columns: str | None = Field(None, max_length=4096, description="column mapping NAME=SOURCE[,...]")
+    mode: Literal["mean", "sample"] = Field(
+        "mean", description="mean (default): the catalog's <target>_pred columns against its true ones; sample: "
+                            "an ensemble of S catalogs drawn by the joint sampler for the catalog's haloes (it needs "
+                            "the 5 features, x, y, z and the true properties) against the true one")
+    seeds: int | None = Field(None, ge=2, le=MAX_PK_SEEDS, description=f"mode sample (required): the number S of "
+                              f"sampled catalogs, 2 to {MAX_PK_SEEDS}, drawn with the seeds seed0 .. seed0 + S - 1")
+    seed0: int | None = Field(None, ge=0, lt=2**63, description="mode sample: the first seed (default 0)")
+    model: str | None = Field(None, max_length=256, description="mode sample: the joint sampler's alias, version or "
+                                                                "reference (default: production), pinned at submission")
+    id_column: str | None = Field(None, min_length=1, max_length=256,
+                                  description="mode sample: integer column keying each halo's draws (default: ID if "
+                                              "present, else the row number in the catalog)")
 
     @model_validator(mode="after")
     def _one_source(self) -> "PkJobRequest":
         if (self.job_id is None) == (self.path is None):
             raise ValueError("give exactly one of 'job_id' (a paint job) or 'path' (a catalog in the data directory)")
+        if self.mode == "sample":
+            if self.seeds is None:
+                raise ValueError(f"seeds: mode sample needs the number of sampled catalogs (2 to {MAX_PK_SEEDS})")
+            if (self.seed0 or 0) + self.seeds - 1 >= 2**63:
+                raise ValueError("seed0: the seeds seed0 .. seed0 + seeds - 1 must stay below 2**63")
+            if self.targets:
+                raise ValueError("targets: an ensemble measures the bins of all four properties; leave targets out")
+        else:
+            given = [f for f in ("seeds", "seed0", "model", "id_column") if getattr(self, f) is not None]
+            if given:
+                raise ValueError(f"{given[0]}: {', '.join(given)} {'is' if len(given) == 1 else 'are'} for mode "
+                                 "sample only")
         return self
 
 

@@ -223,21 +223,41 @@ class GalaxyModel:
         self.check_mode(mode)
         if not mode.uses_sampler:
             return {t: m.predict(x) for t, m in self.models.items()}
-        sampler = next(iter(self.models.values()))
-        order = list(sampler.version.targets)
-        cols = [order.index(t) for t in self.targets]
-        dist = sampler.distribution(x)
+        dist, cols = self._distribution(x)
         if mode.name == "sample":
-            if ids is None:
-                raise InvalidReference("sample mode needs one integer id per halo (or an offset)")
-            ids = np.asarray(ids)
-            if ids.shape != (len(dist[0]),):
-                raise InvalidReference(f"{ids.size} ids for {len(dist[0])} halos")
-            draws = sampling.sample_mixture(*dist, ids, int(mode.seed))
+            draws = sampling.sample_mixture(*dist, self._ids(ids, len(x)), int(mode.seed))
             return {t: np.ascontiguousarray(draws[:, c]) for t, c in zip(self.targets, cols)}
         q = sampling.mixture_quantiles(*dist, np.asarray(mode.levels) / 100.0)
         return {quantile_column(t, lv): np.ascontiguousarray(q[:, c, j])
                 for t, c in zip(self.targets, cols) for j, lv in enumerate(mode.levels)}
+
+    def sample_seeds(self, x: np.ndarray, ids: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
+        """Draws [S, N, len(targets)] (columns in ``self.targets`` order) for features ``x`` [N, 5], one
+        catalog per seed of ``seeds``: entry s is exactly ``predict(x, Mode("sample", seeds[s]), ids)``, but
+        the sampler's distribution is computed once for all the seeds."""
+        modes = [Mode("sample", s) for s in seeds]  # checks every seed
+        self.check_mode(modes[0] if modes else Mode("sample"))
+        dist, cols = self._distribution(x)
+        ids = self._ids(ids, len(x))
+        out = np.empty((len(modes), len(ids), len(cols)))
+        for s, mode in enumerate(modes):
+            out[s] = sampling.sample_mixture(*dist, ids, int(mode.seed))[:, cols]
+        return out
+
+    def _distribution(self, x: np.ndarray):
+        """The sampler's mixture for ``x`` and the column of each of ``self.targets`` in it."""
+        sampler = next(iter(self.models.values()))
+        order = list(sampler.version.targets)
+        return sampler.distribution(x), [order.index(t) for t in self.targets]
+
+    @staticmethod
+    def _ids(ids, n: int) -> np.ndarray:
+        if ids is None:
+            raise InvalidReference("sample mode needs one integer id per halo (or an offset)")
+        ids = np.asarray(ids)
+        if ids.shape != (n,):
+            raise InvalidReference(f"{ids.size} ids for {n} halos")
+        return ids
 
 
 def resolve(registry: Registry, targets: Sequence[str] | None, variant: str,

@@ -133,7 +133,7 @@ def parse_quantile_levels(levels) -> tuple[float, ...]:
     for v in items:
         try:
             f = float(v)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(f"quantile level {str(v)[:40]!r} is not a number (percent, e.g. 16)") from None
         if isinstance(v, bool) or not 0.0 < f < 100.0:
             raise ValueError(f"quantile level {str(v)[:40]} must lie strictly between 0 and 100 (percent)")

@@ -31,16 +31,32 @@ def _positive(values: np.ndarray) -> np.ndarray:
     return np.where(values > 0, values, np.nan)
 
 
+def _bin_grid(plt, n_targets: int):
+    """Figure and axes for two bins per property: rows bin 1 spectra, bin 1 ratios or residuals, a
+    spacer, bin 2 spectra, bin 2 ratios or residuals; one column per property."""
+    fig, axes = plt.subplots(5, n_targets, figsize=(3.6 * n_targets, 9.4), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1, 0.55, 3, 1], "hspace": 0.08, "wspace": 0.3})
+    for ax in axes[2]:
+        ax.axis("off")
+    return fig, axes
+
+
+def _save(plt, fig, out: Path, title: str, fmt: str | None) -> Path:
+    if title:
+        fig.suptitle(title, fontsize=11)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight", format=fmt)
+    plt.close(fig)
+    return out
+
+
 def plot_clustering(results: Sequence[BinComparison], out: Path, title: str = "", fmt: str | None = None) -> Path:
     """The paper's Fig. 9: per property (columns) and bin (rows), P(k) of the true population (band:
     the Gaussian error) and of the predicted one, with the residual (P_pred - P_true)^2 / sigma^2 below."""
     plt = _pyplot()
     targets = list(dict.fromkeys(r.target for r in results))
-    # rows: bin 1 spectra, bin 1 residuals, spacer, bin 2 spectra, bin 2 residuals
-    fig, axes = plt.subplots(5, len(targets), figsize=(3.6 * len(targets), 9.4), squeeze=False,
-                             gridspec_kw={"height_ratios": [3, 1, 0.55, 3, 1], "hspace": 0.08, "wspace": 0.3})
-    for ax in axes[2]:
-        ax.axis("off")
+    fig, axes = _bin_grid(plt, len(targets))
     for j, t in enumerate(targets):
         for r in (r for r in results if r.target == t):
             ax, axr = axes[3 * r.bin, j], axes[3 * r.bin + 1, j]
@@ -76,10 +92,67 @@ def plot_clustering(results: Sequence[BinComparison], out: Path, title: str = ""
             axr.set_xlabel(r"$k\ [h/\mathrm{Mpc}]$", fontsize=9)
             if j == 0:
                 axr.set_ylabel(r"$\Delta^2/\sigma^2$", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight", format=fmt)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out, title, fmt)
+
+
+def plot_sampled_clustering(ensemble: Sequence, means: Sequence[BinComparison] | None, out: Path,
+                            title: str = "", fmt: str | None = None) -> Path:
+    """Fig. 9 for sampled catalogs: per property (columns) and bin (rows), P(k) of the true population,
+    of the mean-stack prediction's (``means``: ``BinComparison``s of the same bins, optional) and the
+    band <P_s> ± 1 sd of S sampled catalogs (``ensemble``: ``app.science.populations.EnsembleBin``s);
+    below, each spectrum over the true one.  The k bins above the statistics' kmax are shaded."""
+    plt = _pyplot()
+    from matplotlib.ticker import NullFormatter
+
+    means_by = {(r.target, r.bin): r for r in (means or ())}
+    targets = list(dict.fromkeys(e.target for e in ensemble))
+    fig, axes = _bin_grid(plt, len(targets))
+    for j, t in enumerate(targets):
+        for e in (e for e in ensemble if e.target == t):
+            ax, axr = axes[3 * e.bin, j], axes[3 * e.bin + 1, j]
+            ok = e.k > 0
+            sd = np.sqrt(np.clip(e.power_var, 0.0, None))
+            mean_pred = means_by.get((t, e.bin))
+            curves = [e.power_true, e.power_mean] + ([mean_pred.power_pred] if mean_pred is not None else [])
+            positive = np.concatenate([c[ok & (c > 0)] for c in curves])
+            floor = 0.3 * positive.min() if len(positive) else 1e-3
+            ax.fill_between(e.k[ok], np.clip(e.power_mean - sd, floor, None)[ok],
+                            np.clip(e.power_mean + sd, floor, None)[ok], color="C0", alpha=0.3, lw=0,
+                            label=f"sampled, S={e.n_samples} (±1 sd)")
+            ax.plot(e.k[ok], _positive(e.power_mean)[ok], color="C0", lw=1.0)
+            ax.plot(e.k[ok], _positive(e.power_true)[ok], color="k", lw=1.2, label=f"true (N={e.n_true:,})")
+            if mean_pred is not None:
+                ax.plot(e.k[ok], _positive(mean_pred.power_pred)[ok], color="C3", lw=1.2, ls="--",
+                        label=f"mean stack (N={mean_pred.n_pred:,})")
+            ax.set_ylim(bottom=floor)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.tick_params(labelbottom=False, labelsize=8)
+            ax.set_title(f"{t}: [{e.edges[0]:g}, {e.edges[1]:g})", fontsize=9)
+            ax.legend(fontsize=6, loc="lower left", frameon=False)
+            ax.text(0.97, 0.95, f"consistency {e.consistency:.2f}\nrel. bias {e.rel_bias:.3f}",
+                    transform=ax.transAxes, ha="right", va="top", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(r"$P(k)\ [(\mathrm{Mpc}/h)^3]$", fontsize=9)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                pt = np.where(e.power_true > 0, e.power_true, np.nan)
+                axr.fill_between(e.k[ok], ((e.power_mean - sd) / pt)[ok], ((e.power_mean + sd) / pt)[ok],
+                                 color="C0", alpha=0.3, lw=0)
+                axr.plot(e.k[ok], (e.power_mean / pt)[ok], color="C0", lw=1.0)
+                if mean_pred is not None:
+                    axr.plot(e.k[ok], (mean_pred.power_pred / pt)[ok], color="C3", lw=1.0, ls="--")
+            axr.axhline(1.0, color="k", lw=0.6)
+            axr.set_ylim(0.0, 2.0)
+            axr.set_xscale("log")
+            xlim = ax.get_xlim()
+            for a in (ax, axr):
+                if e.kmax < xlim[1]:
+                    a.axvspan(e.kmax, xlim[1], color="0.92", zorder=0)
+                a.set_xlim(xlim)
+                a.xaxis.set_minor_formatter(NullFormatter())  # a narrow k range labels every minor tick
+            axr.tick_params(labelsize=8)
+            axr.set_xlabel(r"$k\ [h/\mathrm{Mpc}]$", fontsize=9)
+            if j == 0:
+                axr.set_ylabel(r"$P / P_\mathrm{true}$", fontsize=9)
+    return _save(plt, fig, out, title, fmt)
+

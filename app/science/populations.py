@@ -42,6 +42,10 @@ from app.core.sampling import crps_gaussian
 PAIRS: tuple[tuple[int, int], ...] = tuple(combinations(range(len(TARGET_NAMES)), 2))
 PAIR_NAMES: tuple[str, ...] = tuple(f"{TARGET_NAMES[i]}-{TARGET_NAMES[j]}" for i, j in PAIRS)
 N_QUARTILES = 4
+#: the bin (0: lower, 1: upper) of each property's tail population, the one a catalog of means lacks:
+#: massive, quenched (low sSFR), large and red galaxies
+TAIL_BIN: dict[str, int] = {"smass": 1, "sSFR": 0, "radius": 1, "color": 1}
+TAIL_NAME: dict[str, str] = {"smass": "massive", "sSFR": "quenched", "radius": "large", "color": "red"}
 #: the ensemble clustering statistics average over the k bins whose mean |k| is below this [h/Mpc]
 DEFAULT_KMAX = 0.3
 

@@ -23,7 +23,7 @@ from app.api.observability import audit
 from app.api.schemas import JobInfo, JobPage, PkJobRequest
 from app.core.catalog_inspect import inspect_catalog_isolated
 from app.core.catalogs import CatalogError, detect_format, parse_column_mapping
-from app.api.dataplane import VARIANTS, DataPlaneError
+from app.api.dataplane import VARIANTS, DataPlaneError, request_mode
 from app.api.jobs import FINAL, STATUSES, JobError, job_dir
 from app.core.schema import TARGET_NAMES
 
@@ -119,7 +119,17 @@ def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, store:
                                                         description="deprecated name of 'variant'")] = None,
                        targets: Annotated[str | None, Form(max_length=256, description="comma-separated targets")] = None,
                        model: Annotated[str | None, Form(max_length=256, description="alias, version or reference")] = None,
-                       output_format: Annotated[str, Form(max_length=16, description="parquet, hdf5 or csv")] = "parquet"
+                       output_format: Annotated[str, Form(max_length=16, description="parquet, hdf5 or csv")] = "parquet",
+                       mode: Annotated[str | None, Form(max_length=16, description="mean (default: the stacks), sample "
+                                                        "(one galaxy drawn per halo from the joint sampler) or "
+                                                        "quantiles (its quantiles, <target>_q<level> columns)")] = None,
+                       seed: Annotated[int | None, Form(ge=0, lt=2**63, description="seed of the draws (mode sample "
+                                                                                    "only; default 0)")] = None,
+                       quantiles: Annotated[str | None, Form(max_length=1024, description="comma-separated percent "
+                                                             "levels (mode quantiles only; default 16,50,84)")] = None,
+                       id_column: Annotated[str | None, Form(max_length=256, description="integer column keying each "
+                                                             "halo's draw (default: ID if present, else the row "
+                                                             "number in the file)")] = None
                        ) -> dict:
     if (file is None) == (catalog is None):
         raise HTTPException(422, "file: give exactly one of 'file' (an upload) or 'catalog' (a server-side path)")
@@ -132,13 +142,16 @@ def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, store:
         mapping = parse_column_mapping(columns)
     except CatalogError as exc:
         raise HTTPException(422, f"columns: {exc}") from None
+    if id_column is not None and not id_column.strip():
+        id_column = None
     try:  # the job is pinned to the versions accepted now: a later alias move does not change its output
-        versions = store.resolve(_targets(targets), variant, model)
+        run_mode = request_mode(mode or None, seed, quantiles or None)
+        versions = store.resolve(_targets(targets), variant, model, run_mode)
     except DataPlaneError as exc:
         raise HTTPException(exc.status, f"{exc.field or 'model'}: {exc}") from None
     pinned = [{"target": t, "name": mv.name, "version": mv.version, "sha256": mv.sha256} for t, mv in versions.items()]
     params = {"variant": variant, "targets": list(versions), "model": model, "models": pinned, "columns": mapping,
-              "output_format": output_format}
+              "output_format": output_format, **run_mode.describe(), "id_column": id_column}
     job_id = f"job-{uuid.uuid4().hex[:12]}"
     if catalog is not None:
         source = _inside_data_dir(settings, catalog, "catalog")
@@ -180,8 +193,25 @@ def _copy_upload(file: UploadFile, target: Path) -> None:
         shutil.copyfileobj(file.file, fh, 1 << 20)
 
 
+def _pin_sampler(store, model: str | None, seed0: int) -> list[dict]:
+    """The joint sampler a P(k) job in mode sample draws with, resolved now and pinned (a later alias
+    move does not change the job's catalogs): one record per target, as paint jobs pin their models."""
+    from app.core.model import Mode
+
+    try:
+        versions = store.resolve(None, "raw", model, Mode("sample", seed0))
+    except DataPlaneError as exc:
+        raise HTTPException(exc.status, f"{exc.field or 'model'}: {exc}") from None
+    lacking = [t for t in TARGET_NAMES if t not in versions]
+    if lacking:
+        raise HTTPException(422, f"model: the sampler does not draw {', '.join(lacking)}; an ensemble needs all four "
+                                 "properties")
+    return [{"target": t, "name": mv.name, "version": mv.version, "sha256": mv.sha256} for t, mv in versions.items()]
+
+
 @router.post("/pk", status_code=202, response_model=JobInfo, responses=responses(401, 403, 404, 409))
-def submit_pk(req: PkJobRequest, settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, caller: SubmitDep) -> dict:
+def submit_pk(req: PkJobRequest, settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, store: StoreDep,
+              caller: SubmitDep) -> dict:
     if (req.job_id is None) == (req.path is None):
         raise HTTPException(422, "job_id: give exactly one of 'job_id' (a paint job) or 'path' (a catalog in the "
                                  "data directory)")
@@ -206,6 +236,10 @@ def submit_pk(req: PkJobRequest, settings: SettingsDep, jobs: JobsDep, runner: R
     params = {"input": str(source), "truth": None if truth is None else str(truth), "box": req.box,
               "nmesh": req.nmesh, "targets": _targets(req.targets), "edges": req.edges, "columns": req.columns,
               "source": req.job_id or req.path}
+    if req.mode == "sample":  # an ensemble: S catalogs drawn by the sampler pinned now, against the true one
+        seed0 = req.seed0 or 0
+        params.update(mode="sample", seeds=req.seeds, seed0=seed0, model=req.model, variant="raw",
+                      models=_pin_sampler(store, req.model, seed0), id_column=req.id_column)
     job = jobs.create("pk", params)
     runner.wake()
     audit("job.submit", job_id=job["id"], kind="pk", scope=caller.scope, client=caller.client, source=params["source"])

@@ -10,7 +10,7 @@ from app.api import dataplane
 from app.api.deps import MetricsDep, SettingsDep, StoreDep
 from app.api.errors import responses
 from app.api.schemas import PredictRequest, PredictResponse
-from app.core.schema import COLUMNS, FEATURE_NAMES, describe
+from app.core.schema import FEATURE_NAMES, describe
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
@@ -21,7 +21,8 @@ def schema() -> dict:
     return {"columns": describe()}
 
 
-@router.post("/predict", response_model=PredictResponse, responses=responses(404, 503))
+@router.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
+             responses=responses(404, 503))
 async def predict(req: PredictRequest, store: StoreDep, settings: SettingsDep, metrics: MetricsDep) -> PredictResponse:
     n = req.n_halos()
     if n > settings.max_batch_halos:
@@ -33,9 +34,11 @@ async def predict(req: PredictRequest, store: StoreDep, settings: SettingsDep, m
         x = np.array([[getattr(h, f) for f in FEATURE_NAMES] for h in req.halos], dtype=np.float64)
     else:
         x = np.column_stack([np.asarray(req.columns[f], dtype=np.float64) for f in FEATURE_NAMES])  # type: ignore
-    pred = await run_in_threadpool(dataplane.predict, store, x, req.variant, req.targets, req.model)
-    for target in pred.values:
+    mode = dataplane.request_mode(req.mode, req.seed, req.quantiles)
+    pred = await run_in_threadpool(dataplane.predict, store, x, req.variant, req.targets, req.model, mode, req.ids,
+                                   req.offset)
+    for target in pred.targets:
         metrics.predictions.labels(target, "v1").inc(n)
-    return PredictResponse(n_halos=n, variant=req.variant, path=req.variant, predictions={t: v.tolist() for t, v in pred.values.items()},
-                           units={t: COLUMNS[t].unit for t in pred.values}, models=pred.models,
-                           warnings=pred.warnings)
+    return PredictResponse(n_halos=n, variant=req.variant, path=req.variant,
+                           predictions={t: v.tolist() for t, v in pred.values.items()}, units=pred.units,
+                           models=pred.models, warnings=pred.warnings, **mode.describe())

@@ -2,6 +2,12 @@
 
 Input ``halo_features`` (FP64 or FP32, shape [N, 5], schema order), output ``prediction`` (FP64, [N, 1]).
 Without a version, a model is served at its ``production`` alias, else its latest version.
+
+The joint sampler (``raw-sampler``) answers the request ``parameters`` ``mode: "sample"`` (with ``seed``,
+and ``ids``, one integer per halo, or ``offset``) or ``mode: "quantiles"`` (with ``quantiles``, percent
+levels): one output tensor per output name (the targets, or ``<target>_q<level>``), each FP64 [N, 1];
+a request's ``outputs`` may pick some of them.  Stacks and base models answer mode ``mean`` (the
+default) only.
 Errors are ``{"error": "..."}`` (see the exception handlers in ``app.api.main``).
 """
 
@@ -19,7 +25,8 @@ from app.api.errors import responses
 from app.api.routes.health import readiness
 from app.api.schemas import (MAX_VERSION, InferenceRequest, InferenceResponse, ModelMetadata, TensorIn, TensorMeta,
                              TensorOut)
-from app.api.dataplane import check_features, check_outputs
+from app.api.dataplane import DataPlaneError, check_features, predict_version, request_mode
+from app.core.model import SAMPLER_KIND
 from app.core.schema import FEATURE_NAMES
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], responses=responses(404, v2=True))
@@ -29,6 +36,8 @@ VersionText = Annotated[str, Path(max_length=16)]
 
 INPUT = "halo_features"
 OUTPUT = "prediction"
+#: request ``parameters`` read by the inference routes (other parameters are ignored, as the protocol allows)
+MODE_PARAMETERS = ("mode", "seed", "quantiles", "ids", "offset")
 
 
 @router.get("")
@@ -83,11 +92,15 @@ def tensor_values(t: TensorIn, max_rows: int) -> np.ndarray:
 def _metadata(store, name: str, version: str | None) -> ModelMetadata:
     mv = _version(store, name, version)
     versions = [str(v.version) for v in store.registry.versions(name)]
+    sampler = mv.kind == SAMPLER_KIND
+    outputs = [TensorMeta(name=t, datatype="FP64", shape=[-1, 1]) for t in mv.targets] if sampler else \
+        [TensorMeta(name=OUTPUT, datatype="FP64", shape=[-1, 1])]
     return ModelMetadata(name=name, versions=versions, platform="onnxruntime_onnx",
                          inputs=[TensorMeta(name=INPUT, datatype="FP64", shape=[-1, len(FEATURE_NAMES)])],
-                         outputs=[TensorMeta(name=OUTPUT, datatype="FP64", shape=[-1, 1])],
+                         outputs=outputs,
                          parameters={"target": mv.target, "targets": list(mv.targets), "variant": mv.variant, "kind": mv.kind, "version": mv.version,
-                                     "feature_order": list(FEATURE_NAMES), "sha256": mv.sha256})
+                                     "feature_order": list(FEATURE_NAMES), "sha256": mv.sha256,
+                                     "modes": ["sample", "quantiles"] if sampler else ["mean"]})
 
 
 @router.get("/models/{name}", response_model=ModelMetadata)
@@ -114,10 +127,33 @@ def model_version_ready(name: ModelName, version: VersionText, store: StoreDep) 
     return {"name": name, "version": str(mv.version), "ready": True}
 
 
-def _predict(store, name: str, version: str | None, x: np.ndarray):
+def _predict(store, name: str, version: str | None, x: np.ndarray, mode, ids, offset):
     """Resolution (SQLite), session loading and onnxruntime: the blocking part, run off the event loop."""
     mv = _version(store, name, version)
-    return mv, check_outputs({mv.target: store.session(mv).predict(x)})[mv.target]
+    return mv, predict_version(store, mv, x, mode, ids, offset)
+
+
+def _parameters(req: InferenceRequest):
+    """The mode (checked; errors name ``parameters.<key>``) and the draws' keys from the request
+    ``parameters`` (checked with the data by ``predict_version``)."""
+    p = req.parameters or {}
+    try:
+        mode = request_mode(p.get("mode"), p.get("seed"), p.get("quantiles"))
+    except DataPlaneError as exc:
+        raise DataPlaneError(str(exc), f"parameters.{exc.field}", exc.status) from None
+    return mode, p.get("ids"), p.get("offset")
+
+
+def _outputs(req: InferenceRequest, available: list[str]) -> list[str]:
+    """The output tensors asked for (``outputs``; all by default), each one the model has."""
+    if not req.outputs:
+        return available
+    wanted = [o.name for o in req.outputs]
+    bad = [w for w in wanted if w not in available]
+    if bad:
+        raise HTTPException(400, f"outputs: {', '.join(str(b)[:40] for b in bad[:5])} not among this model's outputs "
+                                 f"({', '.join(available[:20])})")
+    return list(dict.fromkeys(wanted))
 
 
 async def _infer(name: str, version: str | None, req: InferenceRequest, store, settings, metrics) -> InferenceResponse:
@@ -125,11 +161,23 @@ async def _infer(name: str, version: str | None, req: InferenceRequest, store, s
     if INPUT not in tensors:
         raise HTTPException(400, f"inputs: expected a tensor named {INPUT!r}, got {sorted(tensors)[:5] or 'none'}")
     x = check_features(tensor_values(tensors[INPUT], settings.max_batch_halos))
-    mv, values = await run_in_threadpool(_predict, store, name, version, x)
-    metrics.predictions.labels(mv.target, "v2").inc(len(values))
-    return InferenceResponse(model_name=name, model_version=str(mv.version), id=req.id,
-                             outputs=[TensorOut(name=OUTPUT, shape=[len(values), 1], datatype="FP64",
-                                                data=values.tolist())])
+    mode, ids, offset = _parameters(req)
+    try:
+        mv, pred = await run_in_threadpool(_predict, store, name, version, x, mode, ids, offset)
+    except DataPlaneError as exc:
+        field = f"parameters.{exc.field}" if exc.field in MODE_PARAMETERS else exc.field
+        raise DataPlaneError(str(exc), field, exc.status) from None
+    for target in pred.targets:
+        metrics.predictions.labels(target, "v2").inc(len(x))
+    if not mode.uses_sampler:  # a stack or base model: its one prediction, as ever
+        values = pred.values[mv.target]
+        return InferenceResponse(model_name=name, model_version=str(mv.version), id=req.id,
+                                 outputs=[TensorOut(name=OUTPUT, shape=[len(values), 1], datatype="FP64",
+                                                    data=values.tolist())])
+    return InferenceResponse(model_name=name, model_version=str(mv.version), id=req.id, parameters=mode.describe(),
+                             outputs=[TensorOut(name=out, shape=[len(x), 1], datatype="FP64",
+                                                data=pred.values[out].tolist())
+                                      for out in _outputs(req, list(pred.values))])
 
 
 @router.post("/models/{name}/infer", response_model=InferenceResponse, response_model_exclude_none=True,
