@@ -223,13 +223,23 @@ class GalaxyModel:
         self.check_mode(mode)
         if not mode.uses_sampler:
             return {t: m.predict(x) for t, m in self.models.items()}
-        dist, cols = self._distribution(x)
-        if mode.name == "sample":
-            draws = sampling.sample_mixture(*dist, self._ids(ids, len(x)), int(mode.seed))
-            return {t: np.ascontiguousarray(draws[:, c]) for t, c in zip(self.targets, cols)}
-        q = sampling.mixture_quantiles(*dist, np.asarray(mode.levels) / 100.0)
-        return {quantile_column(t, lv): np.ascontiguousarray(q[:, c, j])
-                for t, c in zip(self.targets, cols) for j, lv in enumerate(mode.levels)}
+        ids = self._ids(ids, len(x)) if mode.name == "sample" else None
+        out = {name: np.empty(len(x)) for name in mode.outputs(self.targets)}
+        # batch by batch, so that the mixture parameters (~1 kB per halo) are never held for a whole chunk;
+        # every step is per halo, so the batching changes no value
+        for start in range(0, len(x), SAMPLER_BATCH_ROWS):
+            part = slice(start, start + SAMPLER_BATCH_ROWS)
+            dist, cols = self._distribution(x[part])
+            if mode.name == "sample":
+                draws = sampling.sample_mixture(*dist, ids[part], int(mode.seed))  # type: ignore[index]
+                for t, c in zip(self.targets, cols):
+                    out[t][part] = draws[:, c]
+            else:
+                q = sampling.mixture_quantiles(*dist, np.asarray(mode.levels) / 100.0)
+                for t, c in zip(self.targets, cols):
+                    for j, lv in enumerate(mode.levels):
+                        out[quantile_column(t, lv)][part] = q[:, c, j]
+        return out
 
     def sample_seeds(self, x: np.ndarray, ids: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
         """Draws [S, N, len(targets)] (columns in ``self.targets`` order) for features ``x`` [N, 5], one
