@@ -258,14 +258,14 @@ def _mode(args: argparse.Namespace):
 
     if args.quantiles is not None and args.mode != "quantiles":
         raise UserError("--quantiles is for --mode quantiles")
-    return Mode(args.mode, args.seed, args.quantiles if args.quantiles is not None else DEFAULT_QUANTILE_LEVELS)
+    if args.seed is not None and args.mode != "sample":
+        raise UserError("--seed is for --mode sample (the draws); other modes use no random numbers")
+    return Mode(args.mode, args.seed or 0, args.quantiles if args.quantiles is not None else DEFAULT_QUANTILE_LEVELS)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from app.core.model import GalaxyModel, predict_table
-    from app.painting.local import halo_ids
+    from app.painting.local import frame_ids
 
     detect_format(args.out)
     mode = _mode(args)
@@ -274,12 +274,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                               range_policy="warn" if args.lenient else "error")
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    id_col = args.id_column or ("ID" if "ID" in df.columns else None)
-    if id_col is not None and id_col not in df.columns:
-        raise UserError(f"--id-column {id_col}: no such column in {args.data}")
-    ids = halo_ids(df, id_col, 0) if mode.name == "sample" else None
-    if ids is not None and len(np.unique(ids)) != len(ids):
-        raise UserError(f"id column {id_col!r} repeats values: duplicated haloes would get identical galaxies")
+    ids, id_col = (frame_ids(df, args.id_column) if mode.name == "sample"
+                   else (None, args.id_column or ("ID" if "ID" in df.columns else None)))
     model = GalaxyModel.from_registry(_registry(args), variant=args.variant, targets=targets, model=args.model,
                                       mode=mode)
     t0 = time.perf_counter()
@@ -531,8 +527,8 @@ def _mode_options(p: argparse.ArgumentParser) -> None:
                    help="mean: the stacks' E[property | halo] (default); sample: one galaxy drawn per halo from the "
                         "joint sampler into the usual <target>_pred columns; quantiles: the sampler's quantiles "
                         "as <target>_q<level> columns")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the draws in sample mode (default 0); a halo's "
-                   "galaxy depends only on (seed, halo id)")
+    p.add_argument("--seed", type=_seed, help="seed of the draws in --mode sample (default 0); a halo's galaxy "
+                   "depends only on (seed, halo id)")
     p.add_argument("--quantiles", type=_quantile_levels, help="quantile levels in percent for --mode quantiles "
                    "(default 16,50,84), e.g. 2.5,16,50,84,97.5")
     p.add_argument("--id-column", help="integer column keying each halo's draw (default: ID if present, else the "

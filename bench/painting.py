@@ -68,7 +68,9 @@ def main() -> None:
     for engine, mode in ((e, m) for e in args.engines.split(",") for m in args.modes.split(",")):
         out = tmp / ("painted.parquet" if engine == "local" else "painted_dask")
         cmd = [sys.executable, "-m", "app.cli", "paint", "--catalog", str(src), "--out", str(out), "--registry",
-               args.registry, "--engine", engine, "--chunk-rows", str(args.chunk_rows), "--mode", mode, "--seed", "7"]
+               args.registry, "--engine", engine, "--chunk-rows", str(args.chunk_rows), "--mode", mode]
+        if mode == "sample":
+            cmd += ["--seed", "7"]
         if engine == "dask":
             cmd += ["--dask-workers", str(args.workers)]
         # a wrapper process per engine: its RUSAGE_CHILDREN sees only this run's processes

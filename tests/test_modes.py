@@ -107,6 +107,7 @@ def test_quantiles_are_ordered_and_agree_with_the_draws(reg, halos, tmp_path):
     q = _paint(reg, src, tmp_path / "q.parquet", mode=Mode("quantiles", levels=(2.5, 16, 50, 84, 97.5)))
     meta = q.attrs["galaxypaint"]
     assert meta["mode"] == "quantiles" and meta["quantiles"] == [2.5, 16.0, 50.0, 84.0, 97.5]
+    assert meta["seed"] is None  # nothing is drawn
     s = _paint(reg, src, tmp_path / "s.parquet", mode=Mode("sample", seed=3))
     n = len(q)
     for t in TARGET_NAMES:
@@ -196,8 +197,9 @@ def test_cli_paint_and_predict_modes(trained_sampler, halos, tmp_path):
     r = pd.read_csv(tmp_path / "r.csv")
     assert [c for c in r.columns if "_q" in c] == ["color_q5", "color_q50", "color_q95"]
     for args, needle in ((["--mode", "mean", "--quantiles", "16,84"], "--quantiles is for --mode quantiles"),
+                         (["--mode", "quantiles", "--seed", "5"], "--seed is for --mode sample"),
                          (["--mode", "sample", "--variant", "smogn"], "raw variant only"),
-                         (["--mode", "sample", "--id-column", "nope"], "no such column")):
+                         (["--mode", "sample", "--id-column", "nope"], "is not in the catalog")):
         res = run_cli("predict", "--data", str(src), "--out", str(tmp_path / "x.parquet"), "--registry", reg, *args)
         assert res.returncode == 1 and needle in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1
@@ -235,3 +237,31 @@ def test_acceptance_bench_judges_a_registered_sampler_against_its_null(trained_s
     ks = {r["statistic"]: r["value"] for r in result["rows"]}
     assert ks["ks_D.sSFR"] < 0.1 and "pass" in run.stdout and result["meta"]["seeds"] == [1, 4]
     assert result["meta"]["sampler"]["name"] == "raw-sampler"
+
+
+def test_quantile_columns_keep_the_levels_as_written():
+    from app.core.schema import parse_quantile_levels, quantile_column
+
+    assert [quantile_column("smass", lv) for lv in (16, 2.5, 97.5, 1e-5, 99.99999)] == [
+        "smass_q16", "smass_q2.5", "smass_q97.5", "smass_q0.00001", "smass_q99.99999"]
+    assert parse_quantile_levels("84,16,12.3456789,12.3456781") == (12.3456781, 12.3456789, 16.0, 84.0)
+    with pytest.raises(ValueError, match="distinct"):
+        parse_quantile_levels("16,16.0")
+
+
+def test_a_failing_sampler_does_not_cost_the_stacks(tmp_path, monkeypatch):
+    """The sampler is fitted after the stacks: if it fails, the stacks are registered all the same."""
+    import training.sampler_step as step
+    from training.demo_catalog import make_demo_catalog
+    from training.pipeline import TrainConfig, TrainingError, run_training
+
+    def broken(*args, **kwargs):
+        raise TrainingError("sampler: graph and native distribution differ by up to 0.1 (> 0.0001)")
+
+    monkeypatch.setattr(step, "train_sampler", broken)
+    reg = Registry(tmp_path / "models")
+    summary = run_training(make_demo_catalog(n=1500, seed=4), reg,
+                           TrainConfig(targets=TARGET_NAMES, preset="fast", seed=2, models=("lgbm",)))
+    assert summary["sampler"]["skipped"].startswith("the sampler failed: sampler: graph and native")
+    assert {mv.name for mv in reg.list_models()} >= {f"{t}-raw-stack" for t in TARGET_NAMES}
+    assert "raw-sampler" not in {mv.name for mv in reg.list_models()}

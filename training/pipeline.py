@@ -463,7 +463,13 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
         from training.sampler_step import train_sampler
 
         raw = {t: results[t]["raw"] for t in TARGET_NAMES}
-        sampler = train_sampler(df, split, raw, cfg.seed, cfg.preset, raw[TARGET_NAMES[0]].training_domain, progress)
+        try:
+            sampler = train_sampler(df, split, raw, cfg.seed, cfg.preset, raw[TARGET_NAMES[0]].training_domain,
+                                    progress)
+        except (TrainingError, RuntimeError, ValueError) as exc:
+            # the stacks took minutes and are sound: register them, and say why there is no sampler
+            skipped = f"the sampler failed: {exc}"
+            progress(f"no joint sampler: {skipped}; the stacks are registered all the same")
     elif cfg.sampler:
         progress(f"no joint sampler: {skipped}")
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 Role = Literal["feature", "target", "position", "meta"]
 
 
@@ -118,7 +120,12 @@ DEFAULT_QUANTILE_LEVELS: tuple[float, ...] = (16.0, 50.0, 84.0)
 
 def quantile_column(target: str, level: float) -> str:
     """The column of ``target``'s ``level`` percent quantile: ``smass_q16``, ``color_q97.5``."""
-    return f"{target}_q{float(level):g}"
+    return f"{target}_q{_level_text(level)}"
+
+
+def _level_text(level: float) -> str:
+    """A level as written, without exponent or trailing zeros: 16 -> "16", 2.5 -> "2.5", 1e-05 -> "0.00001"."""
+    return np.format_float_positional(float(level), trim="-")
 
 
 def parse_quantile_levels(levels) -> tuple[float, ...]:
@@ -138,7 +145,7 @@ def parse_quantile_levels(levels) -> tuple[float, ...]:
         if isinstance(v, bool) or not 0.0 < f < 100.0:
             raise ValueError(f"quantile level {str(v)[:40]} must lie strictly between 0 and 100 (percent)")
         out.append(f)
-    if len({f"{f:g}" for f in out}) != len(out):
+    if len({_level_text(f) for f in out}) != len(out):
         raise ValueError("quantile levels must be distinct")
     return tuple(sorted(out))
 

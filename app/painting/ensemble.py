@@ -34,8 +34,7 @@ from app.core.catalogs import CatalogError, validate
 from app.core.model import SAMPLER_BATCH_ROWS, GalaxyModel, Mode
 from app.core.registry import InvalidReference
 from app.core.schema import FEATURE_NAMES, POSITION_NAMES, TARGET_NAMES
-from app.painting.local import halo_ids
-from app.painting.local import id_column as default_id_column
+from app.painting.local import frame_ids
 from app.science.clustering import bin_edges as checked_bin_edges
 from app.science.pk_outputs import write_ensemble_pk_outputs
 from app.science.populations import DEFAULT_KMAX, EnsembleBin, bin_spectra, ensemble_bins
@@ -126,21 +125,6 @@ def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(s) for s in seeds)
 
 
-def ensemble_ids(df: pd.DataFrame, id_col: str | None) -> tuple[np.ndarray, str | None]:
-    """The integers keying each halo's draws and the column they come from: ``id_col``, else ``ID``
-    when present, else None (the row numbers) - the rule of ``galaxypaint paint``; repeated ids refused."""
-    name = id_col or default_id_column(df.columns)
-    if name is not None and name not in df.columns:
-        raise CatalogError(f"id column {name!r} is not in the catalog")
-    ids = halo_ids(df, name, 0)
-    uniq, counts = np.unique(ids, return_counts=True)
-    if len(uniq) != len(ids):
-        raise CatalogError(f"id column {name!r} repeats {uniq[counts > 1][0]} ({int(np.sum(counts > 1)):,} ids "
-                           "repeated): duplicated haloes would get identical galaxies; give another id column "
-                           "or none (row numbers)")
-    return ids, name
-
-
 def check_catalog(df: pd.DataFrame, box: float, range_policy: str = "error") -> list[str]:
     """Refuse a catalog the ensemble cannot use: features (in their valid ranges unless ``range_policy``
     is ``warn``), positions within [0, box] and the true galaxy properties are all needed.  Returns
@@ -186,7 +170,7 @@ def ensemble_pk(df: pd.DataFrame, model: GalaxyModel, seeds: Sequence[int], box:
         raise ValueError("the box must be positive and nmesh at least 8")
     all_edges = checked_bin_edges(edges)
     warnings = check_catalog(df, box, range_policy)
-    ids, ids_from = ensemble_ids(df, id_column)
+    ids, ids_from = frame_ids(df, id_column)
     if progress:
         progress(0, len(seeds))
 

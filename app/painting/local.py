@@ -80,6 +80,25 @@ def integer_ids(values: np.ndarray, name: str) -> np.ndarray:
     raise CatalogError(f"id column {name!r} holds {v.dtype} values: halo ids must be integers")
 
 
+def frame_ids(df, id_col: str | None) -> tuple[np.ndarray, str | None]:
+    """The integers keying each row's draw in an in-memory table and the column they come from: ``id_col``,
+    else ``ID`` when present, else None (the row numbers) - the rule of ``paint``; repeated ids refused."""
+    name = id_col or id_column(df.columns)
+    if name is not None and name not in df.columns:
+        raise CatalogError(f"id column {name!r} is not in the catalog")
+    ids = halo_ids(df, name, 0)
+    _check_unique(ids, name)
+    return ids, name
+
+
+def _check_unique(ids: np.ndarray, name: str | None) -> None:
+    uniq, counts = np.unique(ids, return_counts=True)
+    if len(uniq) != len(ids):
+        raise CatalogError(f"id column {name!r} repeats {uniq[counts > 1][0]} ({int(np.sum(counts > 1)):,} ids "
+                           "repeated): duplicated haloes would get identical galaxies; give another id column "
+                           "or none (row numbers)")
+
+
 def id_column_for(reader: ChunkReader, spec: PaintSpec) -> str | None:
     """The column keying the draws (``spec.id_column``, else ``ID`` when present, else None: row numbers),
     checked: integers, and in sample mode unique (two haloes with one id would get the same galaxy)."""
@@ -89,12 +108,7 @@ def id_column_for(reader: ChunkReader, spec: PaintSpec) -> str | None:
     if name not in reader.columns:
         raise CatalogError(f"id column {name!r} is not in {reader.path.name}")
     if spec.mode.name == "sample":
-        ids = integer_ids(reader.read_columns([name])[name].to_numpy(), name)
-        uniq, counts = np.unique(ids, return_counts=True)
-        if len(uniq) != len(ids):
-            raise CatalogError(f"id column {name!r} repeats {uniq[counts > 1][0]} ({int(np.sum(counts > 1)):,} ids "
-                               "repeated): duplicated haloes would get identical galaxies; give another "
-                               "--id-column or none (row numbers)")
+        _check_unique(integer_ids(reader.read_columns([name])[name].to_numpy(), name), name)
     return name
 
 
