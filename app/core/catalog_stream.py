@@ -53,13 +53,17 @@ class ChunkReader:
         elif self.format == "hdf5":
             source = self._open_hdf5(max_bytes)
         else:
-            # Counted (within max_bytes) before pandas sees the file: a bomb stops at the limit.
-            self.n_rows, _ = scan_csv(self.path, max_bytes)
-            # Decided by content as the count was, whatever the file is named.
+            # Sized (within max_bytes) before pandas sees the file: a bomb stops at the limit.
+            scan_csv(self.path, max_bytes)
+            # Decided by content as the size was, whatever the file is named.
             self._compression = "gzip" if is_gzip(self.path) else None
             try:
                 source = list(pd.read_csv(self.path, nrows=0, compression=self._compression).columns)
-            except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+                # data rows as pandas parses them (blank lines skipped, quoted newlines kept), not lines:
+                # chunk offsets, row-number ids and the Dask engine's partitions all count these
+                self.n_rows = sum(len(c) for c in pd.read_csv(self.path, usecols=[0], chunksize=1 << 20,
+                                                              compression=self._compression))
+            except (OSError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
                 raise CatalogError(f"cannot read {self.path} as CSV: {exc}") from None
         renamed = canonicalize(pd.DataFrame(columns=source), parse_column_mapping(mapping))
         self.source_columns = source
@@ -124,9 +128,16 @@ class ChunkReader:
             df = table.slice(start - first, stop - start).to_pandas()
         elif self.format == "hdf5":
             df = self._hdf5_slice(self.source_columns, start, stop)
-        else:
-            df = pd.read_csv(self.path, skiprows=range(1, start + 1), nrows=stop - start,
-                             compression=self._compression)
+        else:  # data rows are found only by parsing from the top (blank lines, quoted newlines)
+            parts, seen = [], 0
+            for chunk in pd.read_csv(self.path, chunksize=1 << 18, compression=self._compression):
+                a, b = max(start - seen, 0), min(stop - seen, len(chunk))
+                if a < b:
+                    parts.append(chunk.iloc[a:b])
+                seen += len(chunk)
+                if seen >= stop:
+                    break
+            df = pd.concat(parts, ignore_index=True) if parts else pd.read_csv(self.path, nrows=0)
         return df.rename(columns=self._rename)
 
     def read_columns(self, names: list[str]) -> pd.DataFrame:

@@ -37,9 +37,13 @@ def _worker_model(registry_root: str, spec: PaintSpec) -> GalaxyModel:
 
 
 def _paint_part(spec: PaintSpec, start: int, stop: int, registry_root: str, part_file: str,
-                delta3: np.ndarray | None, meta: dict, ids_from: str | None) -> int:
-    with ChunkReader(spec.catalog, spec.columns, max_bytes=spec.max_bytes) as reader:
-        df = reader.read_rows(start, stop)
+                delta3: np.ndarray | None, meta: dict, ids_from: str | None, frame=None) -> int:
+    """Paint rows [start, stop) of the catalog (read here, or given as ``frame``) into ``part_file``."""
+    if frame is not None:
+        df = frame
+    else:
+        with ChunkReader(spec.catalog, spec.columns, max_bytes=spec.max_bytes) as reader:
+            df = reader.read_rows(start, stop)
     if delta3 is not None:
         df["Delta3_h"] = delta3
     # ``start`` is the part's first row in the file, so row-number ids match the local engine's
@@ -67,6 +71,7 @@ def paint_dask(spec: PaintSpec, registry: Registry, progress: Callable[[int, int
         d3 = delta3_for(reader, spec)
         ids_from = id_column_for(reader, spec)
         meta = spec.provenance(ids_from)
+        csv = reader.format == "csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     ranges = [(a, min(a + spec.chunk_rows, n)) for a in range(0, n, spec.chunk_rows)]
@@ -74,9 +79,18 @@ def paint_dask(spec: PaintSpec, registry: Registry, progress: Callable[[int, int
                                                        processes=True, dashboard_address=None)
     try:
         with Client(spec.scheduler or cluster) as client:
-            futures = [client.submit(_paint_part, spec, a, b, str(registry.root), str(tmp / f"part-{i:05d}.parquet"),
-                                     None if d3 is None else d3[a:b], meta, ids_from, pure=False)
-                       for i, (a, b) in enumerate(ranges)]
+            def submit(i: int, a: int, b: int, frame=None):
+                return client.submit(_paint_part, spec, a, b, str(registry.root), str(tmp / f"part-{i:05d}.parquet"),
+                                     None if d3 is None else d3[a:b], meta, ids_from, frame, pure=False)
+
+            if csv:
+                # a CSV's rows are found only by parsing it from the top: the client parses it once and
+                # ships each chunk, rather than every worker re-parsing up to its rows
+                with ChunkReader(spec.catalog, spec.columns, max_bytes=spec.max_bytes) as reader:
+                    futures = [submit(i, a, a + len(df), df)
+                               for i, (a, df) in enumerate(reader.chunks(spec.chunk_rows))]
+            else:
+                futures = [submit(i, a, b) for i, (a, b) in enumerate(ranges)]
             done = 0
             if progress:
                 progress(0, n)
