@@ -350,7 +350,8 @@ def test_mdn_onnx_graph_reproduces_the_distribution(known_fit):
     import onnx
     import onnxruntime as ort
 
-    from training.sampler import OUTPUT_NAMES, check_sampler_fidelity, run_sampler_graph, sampler_graph
+    from app.core.model import run_distribution
+    from training.sampler import OUTPUT_NAMES, check_sampler_fidelity, sampler_graph
 
     model, x, _ = known_fit
     graph = sampler_graph(model, metadata={"note": "test"})
@@ -362,7 +363,7 @@ def test_mdn_onnx_graph_reproduces_the_distribution(known_fit):
     assert [o.name for o in session.get_outputs()] == list(OUTPUT_NAMES)
     assert session.get_inputs()[0].name == "halo_features"
     # draws from the graph's outputs equal draws from the native distribution
-    got = run_sampler_graph(session, x[:500], batch=128)
+    got = run_distribution(session, x[:500], batch=128)
     np.testing.assert_allclose(sampling.sample_mixture(*got, np.arange(500), 5), model.sample(x[:500],
                                np.arange(500), 5), rtol=0, atol=1e-10)
     # a graph for a model that sees pre-standardized features still takes raw features

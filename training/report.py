@@ -30,7 +30,6 @@ from app.science.clustering import BinComparison, compare_catalog, summary_table
 from app.science.figures import _pyplot, plot_clustering, plot_sampled_clustering, property_label
 from app.science.populations import DEFAULT_KMAX, N_QUARTILES, bin_spectra, ensemble_bins
 from app.science.power_spectrum import default_k_edges
-from app.core import sampling
 from app.core.model import SAMPLER_KIND, GalaxyModel
 from app.core.registry import Registry, RegistryError
 from app.core.schema import FEATURE_NAMES, PAPER_PEARSON_R, POSITION_NAMES, TARGET_NAMES
@@ -288,10 +287,7 @@ def run_sampler(registry: Registry, run_id: str) -> Any | None:
 def draw_catalogs(registry: Registry, mv, x: np.ndarray, ids: np.ndarray, seeds: list[int]) -> list[np.ndarray]:
     """One sampled catalog [N, 4] (``TARGET_NAMES`` order, target units) per seed, through the registered
     ONNX graph: the draws of ``GalaxyModel.predict(x, Mode("sample", seed), ids)``, the mixture computed once."""
-    model = GalaxyModel(registry, {t: mv for t in TARGET_NAMES}, "raw")
-    dist = model.models[TARGET_NAMES[0]].distribution(x)
-    cols = [list(mv.targets).index(t) for t in TARGET_NAMES]
-    return [sampling.sample_mixture(*dist, ids, int(s))[:, cols] for s in seeds]
+    return list(GalaxyModel(registry, {t: mv for t in TARGET_NAMES}, "raw").sample_seeds(x, ids, seeds))
 
 
 def sampler_tables(evaluation: dict) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -47,12 +47,13 @@ from onnx import TensorProto, helper, numpy_helper
 from sklearn.base import BaseEstimator
 
 from app.core import sampling
+from app.core.model import SAMPLER_OUTPUTS, run_distribution
 from app.core.schema import COLUMNS, FEATURE_NAMES, TARGET_NAMES
 from training import onnx_export as ox
 
 Progress = Callable[[str], None]
 
-OUTPUT_NAMES: tuple[str, str, str] = ("weights", "means", "chol")
+OUTPUT_NAMES = SAMPLER_OUTPUTS  # the graph's outputs, as the serving side reads them
 #: validation-NLL margin (nats per galaxy) within which the earlier, cheaper candidate is chosen
 TIE_NATS = 0.002
 
@@ -464,13 +465,6 @@ def sampler_graph(model: MixtureDensityNetwork, feature_mean=None, feature_scale
     return onnx_model.SerializeToString()
 
 
-def run_sampler_graph(session, x: np.ndarray, batch: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(weights, means, chol) of a sampler graph for ``x`` [N, F] (float64, schema units), in batches."""
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    parts = [session.run(list(OUTPUT_NAMES), {ox.INPUT_NAME: x[i:i + batch]}) for i in range(0, len(x), batch)]
-    return tuple(np.concatenate([p[j] for p in parts]) for j in range(3))  # type: ignore[return-value]
-
-
 def check_sampler_fidelity(graph_bytes: bytes, model: MixtureDensityNetwork, X, feature_mean=None,
                            feature_scale=None, tol: float = 1e-4, batch: int = 8192) -> float:
     """Max |ONNX - native| over the three outputs for features ``X`` (schema units); raises
@@ -482,7 +476,7 @@ def check_sampler_fidelity(graph_bytes: bytes, model: MixtureDensityNetwork, X, 
     if len(X) == 0:
         return 0.0
     session = ort.InferenceSession(graph_bytes, providers=["CPUExecutionProvider"])
-    got = run_sampler_graph(session, X, batch)
+    got = run_distribution(session, X, batch)
     x_model = X
     if feature_mean is not None or feature_scale is not None:
         fm = 0.0 if feature_mean is None else np.asarray(feature_mean, np.float64)

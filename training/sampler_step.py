@@ -101,7 +101,8 @@ def train_sampler(df: pd.DataFrame, split: dict[str, np.ndarray], raw_results: d
         raise TrainingError(f"sampler: {exc}; nothing was registered") from exc
     progress("[sampler] judging it on the test split (K-S, correlations, coverage, PIT, CRPS, bin counts)")
     baseline_val = np.column_stack([stack_predictions(raw_results[t], x[va]) for t in TARGET_NAMES])
-    baseline_test = np.column_stack([stack_predictions(raw_results[t], x[te]) for t in TARGET_NAMES])
+    # the stacks' test predictions were made (on the same rows) when the stacks were scored
+    baseline_test = np.column_stack([raw_results[t].scores["stack"].predictions for t in TARGET_NAMES])
     evaluation = evaluate_sampler(*mdn.distribution(x[te]), y[te], x[te, 0], te, seed, baseline_test,
                                   residual_scatter(baseline_val, y[va]))
     res = SamplerResult(mdn, graph, fidelity, evaluation, training_domain, len(tr), len(va), len(te),

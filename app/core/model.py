@@ -134,15 +134,21 @@ class LoadedModel:
 
     def distribution(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A sampler's (weights [N, K], means [N, K, D], chol [N, K, D, D]) for ``x`` [N, 5], target units."""
-        x = np.ascontiguousarray(_check_x(x), dtype=np.float64)
-        batch = min(self.max_batch_rows, SAMPLER_BATCH_ROWS)
-        parts = [self.session.run(list(SAMPLER_OUTPUTS), {INPUT_NAME: x[i:i + batch]}, self.run_options)
-                 for i in range(0, len(x), batch)]
-        if not parts:
-            k = self.session.get_outputs()[1].shape[1]
-            d = len(self.version.targets)
-            return np.zeros((0, k)), np.zeros((0, k, d)), np.zeros((0, k, d, d))
-        return tuple(np.concatenate([p[j] for p in parts]) for j in range(3))  # type: ignore[return-value]
+        return run_distribution(self.session, _check_x(x), min(self.max_batch_rows, SAMPLER_BATCH_ROWS),
+                                self.run_options)
+
+
+def run_distribution(session: ort.InferenceSession, x: np.ndarray, batch: int = SAMPLER_BATCH_ROWS,
+                     run_options: ort.RunOptions | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(weights [N, K], means [N, K, D], chol [N, K, D, D]) of a joint-sampler graph for ``x`` [N, 5]
+    (float64, schema units), ``batch`` rows per call; target units."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    parts = [session.run(list(SAMPLER_OUTPUTS), {INPUT_NAME: x[i:i + batch]}, run_options)
+             for i in range(0, len(x), batch)]
+    if not parts:
+        _, k, d = session.get_outputs()[1].shape
+        return np.zeros((0, k)), np.zeros((0, k, d)), np.zeros((0, k, d, d))
+    return tuple(np.concatenate([p[j] for p in parts]) for j in range(3))  # type: ignore[return-value]
 
 
 def _check_x(x: np.ndarray) -> np.ndarray:

@@ -37,20 +37,13 @@ from app.core.schema import FEATURE_NAMES, POSITION_NAMES, TARGET_NAMES
 from app.painting.local import frame_ids
 from app.science.clustering import bin_edges as checked_bin_edges
 from app.science.pk_outputs import write_ensemble_pk_outputs
-from app.science.populations import DEFAULT_KMAX, EnsembleBin, bin_spectra, ensemble_bins
+from app.science.populations import (DEFAULT_KMAX, EnsembleBin, bin_spectra, ensemble_bins, finite_list,
+                                     finite_or_none)
 from app.science.power_spectrum import default_k_edges, gaussian_error
 
 Progress = Callable[[int, int], None]
 #: fewest realizations of an ensemble (a scatter needs two)
 MIN_SEEDS = 2
-
-
-def _finite_or_none(v: float) -> float | None:
-    return float(v) if np.isfinite(v) else None
-
-
-def _array(a: np.ndarray) -> list[float | None]:
-    return [_finite_or_none(v) for v in np.asarray(a, dtype=np.float64)]
 
 
 @dataclass
@@ -90,10 +83,11 @@ class EnsemblePk:
         out = []
         for b, std_n, sig, chi2, chi2_dof in zip(self.bins, self.n_sample_std, self.sigma, self.chi2, self.chi2_dof):
             d = b.as_dict()
-            d.update(power_std=_array(np.sqrt(b.power_var)), sigma=_array(sig), n_sample_std=_finite_or_none(std_n),
-                     consistency=_finite_or_none(b.consistency), rel_bias=_finite_or_none(b.rel_bias),
-                     n_sample_mean=_finite_or_none(b.n_sample_mean), chi2=_finite_or_none(chi2),
-                     chi2_dof=_finite_or_none(chi2_dof), n_k_used=int(np.sum(b.k < self.kmax)))
+            d.update(power_std=finite_list(np.sqrt(b.power_var)), sigma=finite_list(sig),
+                     n_sample_std=finite_or_none(std_n),
+                     consistency=finite_or_none(b.consistency), rel_bias=finite_or_none(b.rel_bias),
+                     n_sample_mean=finite_or_none(b.n_sample_mean), chi2=finite_or_none(chi2),
+                     chi2_dof=finite_or_none(chi2_dof), n_k_used=int(np.sum(b.k < self.kmax)))
             out.append(d)
         return out
 
@@ -104,7 +98,7 @@ class EnsemblePk:
                 "n_halos": self.n_halos, "models": list(self.models), "variant": self.variant,
                 "id_column": self.id_column or "row number in the input file",
                 "box": self.box, "nmesh": self.nmesh, "scheme": "tsc", "interlacing": True, "kmax": self.kmax,
-                "edges": {t: list(e) for t, e in self.edges.items()}, "k_edges": _array(self.k_edges),
+                "edges": {t: list(e) for t, e in self.edges.items()}, "k_edges": finite_list(self.k_edges),
                 "seconds": self.seconds, "results": self.bin_dicts()}
 
     def write_outputs(self, out, *, title: str, source: str) -> dict:

@@ -41,6 +41,12 @@ def _bin_grid(plt, n_targets: int):
     return fig, axes
 
 
+def _log_floor(curves, ok: np.ndarray) -> float:
+    """The lower edge of a log-scaled P(k) panel: 0.3 x the smallest positive value shown."""
+    positive = np.concatenate([c[ok & (c > 0)] for c in curves])
+    return 0.3 * positive.min() if len(positive) else 1e-3
+
+
 def _save(plt, fig, out: Path, title: str, fmt: str | None) -> Path:
     if title:
         fig.suptitle(title, fontsize=11)
@@ -63,9 +69,7 @@ def plot_clustering(results: Sequence[BinComparison], out: Path, title: str = ""
             ok = r.k > 0
             # shot-noise-subtracted spectra can dip below zero where noise dominates: those bins are
             # left out of the log plot (not clipped to a floor, which draws spurious cliffs)
-            curves = [c for c in (r.power_true, r.power_pred) if c is not None]
-            positive = np.concatenate([c[ok & (c > 0)] for c in curves])
-            floor = 0.3 * positive.min() if len(positive) else 1e-3
+            floor = _log_floor([c for c in (r.power_true, r.power_pred) if c is not None], ok)
             if r.power_true is not None:
                 lo = np.clip(r.power_true - r.sigma, floor, None)
                 ax.fill_between(r.k[ok], lo[ok], np.clip(r.power_true + r.sigma, floor, None)[ok], color="0.8",
@@ -113,9 +117,8 @@ def plot_sampled_clustering(ensemble: Sequence, means: Sequence[BinComparison] |
             ok = e.k > 0
             sd = np.sqrt(np.clip(e.power_var, 0.0, None))
             mean_pred = means_by.get((t, e.bin))
-            curves = [e.power_true, e.power_mean] + ([mean_pred.power_pred] if mean_pred is not None else [])
-            positive = np.concatenate([c[ok & (c > 0)] for c in curves])
-            floor = 0.3 * positive.min() if len(positive) else 1e-3
+            floor = _log_floor([e.power_true, e.power_mean] + ([mean_pred.power_pred] if mean_pred is not None else []),
+                               ok)
             ax.fill_between(e.k[ok], np.clip(e.power_mean - sd, floor, None)[ok],
                             np.clip(e.power_mean + sd, floor, None)[ok], color="C0", alpha=0.3, lw=0,
                             label=f"sampled, S={e.n_samples} (±1 sd)")

@@ -287,6 +287,16 @@ def ensemble_statistics(power_true, power_samples, k, kmax: float = DEFAULT_KMAX
     return {"mean": mean, "var": var, "consistency": consistency, "rel_bias": rel_bias, "k_used": k[use]}
 
 
+def finite_or_none(v: float) -> float | None:
+    """``v`` as a JSON number, or None where it is not finite (an empty bin's statistics)."""
+    return float(v) if np.isfinite(v) else None
+
+
+def finite_list(a) -> list[float | None]:
+    """An array as JSON numbers, None where not finite."""
+    return [finite_or_none(v) for v in np.asarray(a, dtype=np.float64)]
+
+
 @dataclass
 class EnsembleBin:
     """The clustering of one property bin: the truth against S sampled catalogs (see
@@ -307,11 +317,11 @@ class EnsembleBin:
     rel_bias: float
 
     def as_dict(self) -> dict:
-        arr = lambda a: [None if not np.isfinite(v) else float(v) for v in a]  # noqa: E731
         return {"target": self.target, "bin": self.bin, "edges": list(self.edges), "n_true": self.n_true,
-                "n_sample_mean": self.n_sample_mean, "k": arr(self.k), "power_true": arr(self.power_true),
-                "power_mean": arr(self.power_mean), "power_var": arr(self.power_var), "n_samples": self.n_samples,
-                "kmax": self.kmax, "consistency": self.consistency, "rel_bias": self.rel_bias}
+                "n_sample_mean": self.n_sample_mean, "k": finite_list(self.k),
+                "power_true": finite_list(self.power_true), "power_mean": finite_list(self.power_mean),
+                "power_var": finite_list(self.power_var), "n_samples": self.n_samples, "kmax": self.kmax,
+                "consistency": self.consistency, "rel_bias": self.rel_bias}
 
 
 def ensemble_bins(true: BinSpectra, samples: Sequence[BinSpectra], kmax: float = DEFAULT_KMAX,
