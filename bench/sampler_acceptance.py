@@ -1,7 +1,7 @@
 """Judge a trained joint sampler on the built-in catalog's test split against what a perfect sampler scores.
 
     python bench/sampler_acceptance.py --registry R --null sampler_null.json [--seeds 20] [--seed0 1]
-                                       [--out sampler_acceptance.json]
+                                       [--training-noise N [--augment M]] [--out sampler_acceptance.json]
 
 The registry holds a run trained on the built-in catalog (``galaxypaint demo-data`` with the null's
 ``--n``/``--seed``; ``galaxypaint train`` with the null's split seed); the null JSON is the output of
@@ -31,6 +31,16 @@ column):
 
 The mean stacks' catalog is scored on the same count ratios and P(k) bias for contrast (what painting
 with means gives).  Prints one table with PASS/FAIL per row; ``--out`` keeps every number.
+
+``--training-noise N``: the null above is the exact law's *realization* noise only; a sampler fitted
+on the training split also carries the noise of the training galaxies it happened to see.  This refits
+the registered sampler's architecture (its K, width, depth and training settings; no search) N times
+on training and validation galaxies redrawn from the generator's exact law at the same haloes
+(``training.demo_catalog.redraw_galaxies``, seeds 1001..1000+N), scores each refit with the same judge
+and prints, per row, the refits' range and how many pass.  A row the registered sampler fails while
+most refits pass (or the reverse) is decided by which training galaxies were drawn, not by the model.
+``--augment M`` trains each refit on M independent redraws of the training galaxies stacked (M times
+the galaxies at the same haloes): how the statistics move with the amount of training data.
 """
 
 from __future__ import annotations
@@ -38,10 +48,158 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 Z999 = 3.090232  # standard normal 99.9th percentile
+
+
+def lognormal_band(values) -> tuple[float, float]:
+    """p0.1 and p99.9 of a log-normal fitted to positive null values (mean and sd of their logs)."""
+    if len(values) < 3:
+        raise SystemExit(f"the null has {len(values)} ensembles: at least 3 are needed to fit their spread "
+                         "(sampler_null.py --ensembles)")
+    logs = np.log(np.asarray(values, dtype=np.float64))
+    mu, sd = logs.mean(), logs.std(ddof=1)
+    return float(np.exp(mu - Z999 * sd)), float(np.exp(mu + Z999 * sd))
+
+
+@dataclass
+class Verdict:
+    rows: list = field(default_factory=list)     # the acceptance rows
+    strict: list = field(default_factory=list)   # reported, not in the verdict
+    evaluation: dict = field(default_factory=dict)
+    ensemble: list = field(default_factory=list)
+
+    def check(self, name: str, value: float, lo: float | None, hi: float | None, strict: bool = False) -> None:
+        ok = (lo is None or value >= lo) and (hi is None or value <= hi)
+        (self.strict if strict else self.rows).append((name, float(value), lo, hi, bool(ok)))
+
+    @property
+    def failed(self) -> list[str]:
+        return [r[0] for r in self.rows if not r[4]]
+
+
+class Judge:
+    """Every acceptance row for a sampler's distribution on the test haloes (the null's catalog and split)."""
+
+    def __init__(self, null: dict, df, split: dict, base_test: np.ndarray, base_val: np.ndarray, seed0: int,
+                 seeds: int):
+        from app.core.schema import FEATURE_NAMES, TARGET_NAMES
+        from app.science import populations as pop
+        from training.demo_catalog import TNG300_BOX
+
+        self.meta, self.nstats = null["meta"], null["statistics"]
+        self.test, val = split["test"], split["val"]
+        x = df[list(FEATURE_NAMES)].to_numpy()
+        y = df[list(TARGET_NAMES)].to_numpy()
+        self.x_test, self.y_true, self.m_h = x[self.test], y[self.test], x[self.test, 0]
+        self.pos = df[["x", "y", "z"]].to_numpy()[self.test]
+        self.base_test = base_test
+        self.scatter = pop.residual_scatter(base_val, y[val])
+        self.seeds = list(range(seed0, seed0 + seeds))
+        self.box = TNG300_BOX
+        self.k_edges = np.asarray(self.meta["k_edges"])
+        self.true_spec = pop.bin_spectra(self.pos, self.y_true, self.box, self.meta["nmesh"], k_edges=self.k_edges)
+        self.counts_true = pop.bin_counts(self.y_true)
+
+    def score(self, dist, say=print) -> Verdict:
+        from app.core import sampling
+        from app.core.schema import TARGET_NAMES
+        from app.science import populations as pop
+
+        v = Verdict()
+        t0 = time.perf_counter()
+        ev = pop.evaluate_sampler(*dist, self.y_true, self.m_h, self.test, self.seeds[0], self.base_test, self.scatter)
+        v.evaluation = ev
+        for t in TARGET_NAMES:
+            v.check(f"ks_D.{t}", ev["ks_d"][t], None, 0.02)
+        for q, value in enumerate(ev["correlation"]["max_abs_delta_by_quartile"]):
+            v.check(f"corr_max_abs_delta.Q{q + 1}", value, None, 0.05)
+        for level, tol in (("68", 0.02), ("95", 0.01)):
+            c = ev[f"coverage{level}"]
+            nominal = c["nominal"]
+            for t in TARGET_NAMES:
+                v.check(f"coverage{level}.{t}.all", c["overall"][t], nominal - tol, nominal + tol)
+                for q, value in enumerate(c["by_quartile"][t]):
+                    v.check(f"coverage{level}.{t}.Q{q + 1}", value, nominal - tol, nominal + tol)
+        for t in TARGET_NAMES:
+            v.check(f"crps_ratio.{t}", ev["crps"][t]["ratio"], None, 1.0 - 1e-12)
+        say(f"single-catalog statistics in {time.perf_counter() - t0:.1f} s")
+
+        t0 = time.perf_counter()
+        spectra, counts = [], []
+        for i, seed in enumerate(self.seeds):
+            ys = sampling.sample_mixture(*dist, self.test, seed)
+            spectra.append(pop.bin_spectra(self.pos, ys, self.box, self.meta["nmesh"], k_edges=self.k_edges))
+            counts.append(pop.bin_counts(ys))
+            say(f"  realization {i + 1}/{len(self.seeds)}: {time.perf_counter() - t0:.0f} s")
+        ens = pop.ensemble_bins(self.true_spec, spectra, self.meta["kmax"])
+        v.ensemble = ens
+        ratio_mean = np.mean(counts, axis=0) / self.counts_true
+        for d, t in enumerate(TARGET_NAMES):
+            for b in range(2):
+                key = f"{t}.bin{b + 1}"
+                single = self.nstats[f"bin_ratio.{key}"]
+                v.check(f"bin_ratio.{key}", counts[0][d, b] / self.counts_true[d, b], single["p0.1"], single["p99.9"])
+                values = np.asarray(single["values"])
+                centre, spread = values.mean(), values.std(ddof=1) / np.sqrt(len(self.seeds))
+                v.check(f"bin_ratio_mean_of_S.{key}", ratio_mean[d, b], centre - Z999 * spread,
+                        centre + Z999 * spread, strict=True)
+                e = ens[2 * d + b]
+                lo, hi = lognormal_band(self.nstats[f"pk_consistency.{key}"]["values"])
+                v.check(f"pk_consistency.{key}", e.consistency, lo, hi)
+                v.check(f"pk_rel_bias.{key}", e.rel_bias, None,
+                        lognormal_band(self.nstats[f"pk_rel_bias.{key}"]["values"])[1])
+        say(f"ensemble of S={len(self.seeds)} in {time.perf_counter() - t0:.0f} s")
+        return v
+
+    def contrast(self) -> dict:
+        """The mean stacks' catalog on the count ratios and the P(k) bias (what painting with means gives)."""
+        from app.core.schema import TARGET_NAMES
+        from app.science import populations as pop
+
+        mean_spec = pop.bin_spectra(self.pos, self.base_test, self.box, self.meta["nmesh"], k_edges=self.k_edges)
+        counts = pop.bin_counts(self.base_test)
+        use = self.true_spec.k < self.meta["kmax"]
+        out = {}
+        for d, t in enumerate(TARGET_NAMES):
+            for b in range(2):
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    out[f"{t}.bin{b + 1}"] = {
+                        "mean_count_ratio": float(counts[d, b] / self.counts_true[d, b]),
+                        "mean_pk_rel_bias": float(np.mean(np.abs(mean_spec.power[d, b] / self.true_spec.power[d, b]
+                                                                 - 1.0)[use]))}
+        return out
+
+
+def refit_distributions(df, split: dict, hyper: dict, n: int, augment: int, seed: int, say=print):
+    """(redraw seed, distribution on the test haloes) for ``n`` refits of the architecture ``hyper`` on
+    training/validation galaxies redrawn from the exact law (``augment`` redraws of the training rows)."""
+    from app.core.schema import FEATURE_NAMES, TARGET_NAMES
+    from training.demo_catalog import redraw_galaxies
+    from training.sampler import MixtureDensityNetwork
+
+    x = df[list(FEATURE_NAMES)].to_numpy()
+    train, val, test = split["train"], split["val"], split["test"]
+
+    def galaxies(rows, s):
+        return redraw_galaxies(df.iloc[rows], s)[list(TARGET_NAMES)].to_numpy()
+
+    for r in range(1, n + 1):
+        t0 = time.perf_counter()
+        base = 1000 + r
+        y_train = np.concatenate([galaxies(train, base + 10_000 * a) for a in range(augment)])
+        mdn = MixtureDensityNetwork(search=hyper.get("search", "fast"), n_components=int(hyper["n_components"]),
+                                    width=int(hyper["width"]), depth=int(hyper["depth"]),
+                                    activation=hyper.get("activation", "relu"),
+                                    learning_rate=hyper.get("learning_rate"), batch_size=hyper.get("batch_size"),
+                                    diag_floor=float(hyper.get("diag_floor", 1e-3)), random_state=seed)
+        mdn.fit(np.tile(x[train], (augment, 1)), y_train, x[val], galaxies(val, base + 500))
+        say(f"refit {r}/{n} (redraw seed {base}, {len(y_train):,} training galaxies): {mdn.epochs_} epochs, "
+            f"val NLL {mdn.val_nll_:.4f}, {time.perf_counter() - t0:.0f} s")
+        yield base, mdn.distribution(x[test])
 
 
 def main() -> None:
@@ -51,14 +209,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20, help="S sampled catalogs in the ensemble (default 20)")
     parser.add_argument("--seed0", type=int, default=1, help="first seed (default 1)")
     parser.add_argument("--model", help="sampler reference (default raw-sampler at production)")
+    parser.add_argument("--training-noise", type=int, default=0, metavar="N",
+                        help="also refit the sampler's architecture N times on redrawn training galaxies")
+    parser.add_argument("--augment", type=int, default=1, metavar="M",
+                        help="with --training-noise: M redraws of the training galaxies per refit (default 1)")
     parser.add_argument("--out", default="sampler_acceptance.json")
     args = parser.parse_args()
+    if args.training_noise < 0 or args.augment < 1:
+        parser.error("--training-noise must be >= 0 and --augment >= 1")
 
     from app.core.model import GalaxyModel, Mode
     from app.core.registry import Registry
     from app.core.schema import FEATURE_NAMES, TARGET_NAMES
-    from app.science import populations as pop
-    from training.demo_catalog import TNG300_BOX, make_demo_catalog
+    from training.demo_catalog import make_demo_catalog
     from training.pipeline import split_indices
 
     null = json.load(open(args.null))
@@ -68,94 +231,23 @@ def main() -> None:
     t_start = time.perf_counter()
     df = make_demo_catalog(n=meta["catalog_n"], seed=meta["catalog_seed"])
     split = split_indices(df, meta["split_seed"])
-    test, val = split["test"], split["val"]
     x = df[list(FEATURE_NAMES)].to_numpy()
-    y = df[list(TARGET_NAMES)].to_numpy()
-    y_true, m_h, pos = y[test], x[test, 0], df[["x", "y", "z"]].to_numpy()[test]
     registry = Registry(args.registry, create=False)
     sampler = GalaxyModel.from_registry(registry, model=args.model, mode=Mode("sample"))
     stacks = GalaxyModel.from_registry(registry)
-    print(f"catalog n={len(df):,}, {len(test):,} test haloes; sampler {sampler.pinned()[0]['name']}/"
-          f"{sampler.pinned()[0]['version']}; stacks " + ", ".join(f"{p['name']}/{p['version']}" for p in stacks.pinned()),
-          flush=True)
+    pinned = sampler.pinned()[0]
+    print(f"catalog n={len(df):,}, {len(split['test']):,} test haloes; sampler {pinned['name']}/{pinned['version']}; "
+          "stacks " + ", ".join(f"{p['name']}/{p['version']}" for p in stacks.pinned()), flush=True)
 
-    rows: list[tuple[str, float, float | None, float | None, bool]] = []  # name, value, lo, hi, pass
-    strict: list[tuple[str, float, float | None, float | None, bool]] = []
+    def base(rows):
+        pred = stacks.predict(x[rows])
+        return np.column_stack([pred[t] for t in TARGET_NAMES])
 
-    def check(name: str, value: float, lo: float | None, hi: float | None, into=rows) -> None:
-        ok = (lo is None or value >= lo) and (hi is None or value <= hi)
-        into.append((name, float(value), lo, hi, bool(ok)))
+    judge = Judge(null, df, split, base(split["test"]), base(split["val"]), args.seed0, args.seeds)
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    verdict = judge.score(next(iter(sampler.models.values())).distribution(judge.x_test), say)
+    contrast = judge.contrast()
 
-    def lognormal_band(values) -> tuple[float, float]:
-        if len(values) < 3:
-            raise SystemExit(f"the null has {len(values)} ensembles: at least 3 are needed to fit their spread "
-                             "(sampler_null.py --ensembles)")
-        logs = np.log(np.asarray(values, dtype=np.float64))
-        mu, sd = logs.mean(), logs.std(ddof=1)
-        return float(np.exp(mu - Z999 * sd)), float(np.exp(mu + Z999 * sd))
-
-    # ------------------------------------------------------------------ one sampled catalog
-    t0 = time.perf_counter()
-    dist = next(iter(sampler.models.values())).distribution(x[test])
-    mean_test = stacks.predict(x[test])
-    mean_val = stacks.predict(x[val])
-    base_test = np.column_stack([mean_test[t] for t in TARGET_NAMES])
-    base_val = np.column_stack([mean_val[t] for t in TARGET_NAMES])
-    ev = pop.evaluate_sampler(*dist, y_true, m_h, test, args.seed0, base_test, pop.residual_scatter(base_val, y[val]))
-    print(f"single-catalog statistics in {time.perf_counter() - t0:.1f} s", flush=True)
-    for t in TARGET_NAMES:
-        check(f"ks_D.{t}", ev["ks_d"][t], None, 0.02)
-    for q, v in enumerate(ev["correlation"]["max_abs_delta_by_quartile"]):
-        check(f"corr_max_abs_delta.Q{q + 1}", v, None, 0.05)
-    for level, tol in (("68", 0.02), ("95", 0.01)):
-        c = ev[f"coverage{level}"]
-        nominal = c["nominal"]
-        for t in TARGET_NAMES:
-            check(f"coverage{level}.{t}.all", c["overall"][t], nominal - tol, nominal + tol)
-            for q, v in enumerate(c["by_quartile"][t]):
-                check(f"coverage{level}.{t}.Q{q + 1}", v, nominal - tol, nominal + tol)
-    for t in TARGET_NAMES:
-        check(f"crps_ratio.{t}", ev["crps"][t]["ratio"], None, 1.0 - 1e-12)
-
-    # ------------------------------------------------------------------ the ensemble
-    t0 = time.perf_counter()
-    k_edges = np.asarray(meta["k_edges"])
-    true_spec = pop.bin_spectra(pos, y_true, TNG300_BOX, meta["nmesh"], k_edges=k_edges)
-    from app.core import sampling
-
-    spectra, counts = [], []
-    for i, seed in enumerate(range(args.seed0, args.seed0 + args.seeds)):
-        ys = sampling.sample_mixture(*dist, test, seed)
-        spectra.append(pop.bin_spectra(pos, ys, TNG300_BOX, meta["nmesh"], k_edges=k_edges))
-        counts.append(pop.bin_counts(ys))
-        print(f"  realization {i + 1}/{args.seeds}: {time.perf_counter() - t0:.0f} s", flush=True)
-    ens = pop.ensemble_bins(true_spec, spectra, meta["kmax"])
-    counts_true = pop.bin_counts(y_true)
-    ratio_mean = np.mean(counts, axis=0) / counts_true
-    mean_cat = base_test
-    mean_spec = pop.bin_spectra(pos, mean_cat, TNG300_BOX, meta["nmesh"], k_edges=k_edges)
-    use = true_spec.k < meta["kmax"]
-    contrast = {}
-    for d, t in enumerate(TARGET_NAMES):
-        for b in range(2):
-            key = f"{t}.bin{b + 1}"
-            single = nstats[f"bin_ratio.{key}"]
-            check(f"bin_ratio.{key}", counts[0][d, b] / counts_true[d, b], single["p0.1"], single["p99.9"])
-            values = np.asarray(single["values"])
-            centre, spread = values.mean(), values.std(ddof=1) / np.sqrt(args.seeds)
-            check(f"bin_ratio_mean_of_S.{key}", ratio_mean[d, b], centre - Z999 * spread, centre + Z999 * spread,
-                  into=strict)
-            e = ens[2 * d + b]
-            lo, hi = lognormal_band(nstats[f"pk_consistency.{key}"]["values"])
-            check(f"pk_consistency.{key}", e.consistency, lo, hi)
-            check(f"pk_rel_bias.{key}", e.rel_bias, None, lognormal_band(nstats[f"pk_rel_bias.{key}"]["values"])[1])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                contrast[key] = {"mean_count_ratio": float(pop.bin_counts(mean_cat)[d, b] / counts_true[d, b]),
-                                 "mean_pk_rel_bias": float(np.mean(np.abs(mean_spec.power[d, b] / true_spec.power[d, b]
-                                                                          - 1.0)[use]))}
-    print(f"ensemble of S={args.seeds} in {time.perf_counter() - t0:.0f} s", flush=True)
-
-    # ------------------------------------------------------------------ the table
     fmt = lambda v: f"{v:9.4f}" if v is not None else f"{'':9s}"  # noqa: E731
 
     def table(entries) -> None:
@@ -167,19 +259,45 @@ def main() -> None:
             print(f"{name:36s} {value:9.4f} {fmt(lo)} {fmt(hi)}  {med} {rng}  {'PASS' if ok else 'FAIL'}")
 
     print()
-    table(rows)
+    table(verdict.rows)
     print("\nmean stacks, for contrast (count ratio predicted / true; mean |P_mean / P_true - 1| over k < kmax):")
     for key, c in contrast.items():
         print(f"  {key:14s} count ratio {c['mean_count_ratio']:.3f}   P(k) bias {c['mean_pk_rel_bias']:.3f}")
-    failed = [r[0] for r in rows if not r[4]]
-    print(f"\n{len(rows) - len(failed)}/{len(rows)} pass" + (f"; FAIL: {', '.join(failed)}" if failed else ""))
+    failed = verdict.failed
+    print(f"\n{len(verdict.rows) - len(failed)}/{len(verdict.rows)} pass" + (f"; FAIL: {', '.join(failed)}" if failed else ""))
     print(f"\nstricter, not in the verdict: the mean count of S={args.seeds} against the null of such means")
-    table(strict)
+    table(verdict.strict)
+
+    refits = []
+    if args.training_noise:
+        record = registry.get(pinned["name"], pinned["version"])
+        print(f"\ntraining noise: {args.training_noise} refits of K={record.hyperparameters['n_components']}, "
+              f"width {record.hyperparameters['width']}x{record.hyperparameters['depth']} on redrawn galaxies "
+              f"(x{args.augment})", flush=True)
+        for redraw_seed, dist in refit_distributions(df, split, record.hyperparameters, args.training_noise,
+                                                     args.augment, record.seed if record.seed is not None else 42, say):
+            v = judge.score(dist, lambda _m: None)
+            refits.append({"redraw_seed": redraw_seed, "failed": v.failed,
+                           "rows": {n: val for n, val, *_ in v.rows}})
+            print(f"  {len(v.rows) - len(v.failed)}/{len(v.rows)} pass" +
+                  (f"; FAIL: {', '.join(v.failed)}" if v.failed else ""), flush=True)
+        print(f"\n{'statistic':36s} {'registered':>10s} {'refits min':>10s} {'median':>9s} {'max':>9s}  refits passing")
+        for name, value, lo, hi, ok in verdict.rows:
+            vals = np.array([r["rows"][name] for r in refits])
+            passing = sum((lo is None or x >= lo) and (hi is None or x <= hi) for x in vals)
+            if not ok or passing < len(refits):
+                print(f"{name:36s} {value:10.4f} {vals.min():10.4f} {np.median(vals):9.4f} {vals.max():9.4f}  "
+                      f"{passing}/{len(refits)}{'' if ok else '   (registered: FAIL)'}")
+        print("(rows every refit and the registered sampler pass are not listed)")
+
     out = {"meta": {"registry": args.registry, "null": args.null, "seeds": [args.seed0, args.seed0 + args.seeds - 1],
-                    "sampler": sampler.pinned()[0], "elapsed_s": time.perf_counter() - t_start},
-           "rows": [{"statistic": n, "value": v, "lo": lo, "hi": hi, "pass": ok} for n, v, lo, hi, ok in rows],
-           "stricter": [{"statistic": n, "value": v, "lo": lo, "hi": hi, "pass": ok} for n, v, lo, hi, ok in strict],
-           "evaluation": ev, "ensemble": [e.as_dict() for e in ens], "contrast_mean_stacks": contrast}
+                    "sampler": pinned, "elapsed_s": time.perf_counter() - t_start,
+                    "training_noise": args.training_noise, "augment": args.augment},
+           "rows": [{"statistic": n, "value": v, "lo": lo, "hi": hi, "pass": ok} for n, v, lo, hi, ok in verdict.rows],
+           "stricter": [{"statistic": n, "value": v, "lo": lo, "hi": hi, "pass": ok}
+                        for n, v, lo, hi, ok in verdict.strict],
+           "evaluation": verdict.evaluation, "ensemble": [e.as_dict() for e in verdict.ensemble],
+           "contrast_mean_stacks": contrast, "refits": refits}
     with open(args.out, "w") as fh:
         json.dump(out, fh, indent=1)
     print(f"wrote {args.out}")
