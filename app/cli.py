@@ -137,9 +137,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.estimators import MODEL_KINDS
 
     models = _csv_list(args.models, MODEL_KINDS, "model")
+    if not 0 <= args.selection_tol < 100:  # also refuses NaN
+        raise UserError(f"--selection-tol must be a percentage in [0, 100), not {args.selection_tol:g}")
     cfg = TrainConfig(targets=targets, paths=paths, seed=args.seed, preset=args.preset, alias=args.alias or None,
                       models=models, smogn=_smogn_overrides(args.smogn_config),
                       smogn_stack_rows=args.smogn_stack_on, sampler=not args.no_sampler,
+                      production=args.production, selection_tol=args.selection_tol / 100.0,
                       extra={"data_path": os.path.abspath(args.data)})
     try:
         cfg.validate()
@@ -590,6 +593,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
     p.add_argument("--alias", default="production", help="alias given to the new versions (default production; "
                                                          "'' for none)")
+    p.add_argument("--production", choices=("selected", "paper"), default="selected",
+                   help="which stack --alias points to: 'selected' (default; the members kept by backward "
+                        "elimination on the validation split, cheapest first to go) or 'paper' (all members); "
+                        "both are registered, as versions of <target>-<path>-stack with aliases 'selected' and 'paper'")
+    p.add_argument("--selection-tol", type=float, default=0.25, metavar="PERCENT",
+                   help="member selection drops a member while the stack's cross-validated validation MSE stays "
+                        "within this many percent of the full stack's (default 0.25)")
     p.add_argument("--no-sampler", action="store_true", help="do not fit the joint sampler (fitted by default on "
                    "the raw path when all four targets are trained; needed by --mode sample/quantiles)")
     p.add_argument("--no-report", action="store_true", help="do not store the run's report figures and tables "

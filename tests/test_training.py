@@ -38,9 +38,11 @@ def trained(tmp_path_factory):
 
 def test_train_cli_registers_stacks_and_writes_metrics(trained):
     root, _, res = trained
-    assert "smass   raw   stack" in res.stdout and "registered 10 model versions" in res.stdout
-    assert "fitting nn" in res.stderr and "epoch" in res.stderr  # progress is shown
     metrics = json.loads((root / "metrics.json").read_text())
+    # 4 members + the paper's stack per target, + a selected stack where the selection dropped a member
+    n_selected = sum(bool(metrics["results"][t]["raw"].get("selected_stack")) for t in ("smass", "sSFR"))
+    assert "smass   raw   stack" in res.stdout and f"registered {10 + n_selected} model versions" in res.stdout
+    assert "fitting nn" in res.stderr and "epoch" in res.stderr  # progress is shown
     assert metrics["seed"] == 5 and metrics["split"] == {"train": 1920, "val": 480, "test": 1600}
     smass = metrics["results"]["smass"]["raw"]
     for kind in ("ert", "knn", "lgbm", "nn"):
@@ -51,7 +53,7 @@ def test_train_cli_registers_stacks_and_writes_metrics(trained):
     assert smass["stack"]["importance_normalized"]["lgbm"] == pytest.approx(1.0)
     reg = Registry(root / "models", create=False)
     mv = reg.get("smass-raw-stack")
-    assert mv.aliases == ("production",) and mv.seed == 5 and len(mv.data_fingerprint) == 64
+    assert "production" in mv.aliases and mv.seed == 5 and len(mv.data_fingerprint) == 64
     assert "lightgbm" in mv.package_versions and set(mv.training_domain) == set(FEATURE_NAMES)
     assert reg.get_run(mv.run_id)["config"]["preset"] == "fast"
 
@@ -193,15 +195,19 @@ def test_train_target_returns_a_typed_result_whose_summary_keeps_the_run_summary
     assert isinstance(res, TargetResult) and res.smogn is None and res.n_test == len(split["test"])
     assert isinstance(res.models["knn"].estimator, KNNRegressor)
     assert isinstance(res.models["lgbm"].estimator, LightGBMRegressor)
-    assert res.stack.components == ("knn", "lgbm") and list(res.graphs) == ["knn", "lgbm", "stack"]
+    assert res.stack.components == ("knn", "lgbm")
+    assert list(res.graphs) == ["knn", "lgbm", "stack"] + (["selected"] if res.selected is not None else [])
     assert all(isinstance(g, Graph) and g.onnx_max_abs_diff <= 1e-4 for g in res.graphs.values())
     s = res.summary()
-    assert list(s) == ["models", "n_train", "n_val", "n_test", "stack", "training_domain", "scaler", "seconds"]
+    assert list(s) == ["models", "n_train", "n_val", "n_test", "stack", "selection",
+                       *(["selected_stack"] if res.selected is not None else []), "training_domain", "scaler", "seconds"]
     assert list(s["models"]["lgbm"]) == ["pearson_r", "mse", "ks_d", "importance", "importance_std",
                                          "importance_normalized", "hyperparameters", "search", "fit_seconds",
                                          "onnx_max_abs_diff", "onnx_bytes"]
     assert list(s["stack"]) == ["pearson_r", "mse", "ks_d", "coef", "intercept", "fit_on", "importance",
-                                "importance_std", "importance_normalized", "onnx_max_abs_diff", "onnx_bytes"]
+                                "importance_std", "importance_normalized", "onnx_max_abs_diff", "onnx_bytes",
+                                "halos_per_s"]
+    assert s["stack"]["halos_per_s"] > 0 and s["selection"]["kept"]
     assert s["models"]["knn"]["hyperparameters"] == {"n_neighbors": 29, "p": 2, "weights": "uniform"}
     assert s["models"]["knn"]["search"][0].keys() == {"k", "p", "val_mse"}
     assert s["models"]["lgbm"]["search"][0]["n_trees"] == s["models"]["lgbm"]["hyperparameters"]["n_estimators"]
@@ -211,3 +217,97 @@ def test_train_target_returns_a_typed_result_whose_summary_keeps_the_run_summary
     z = res.scaler.transform(df[list(FEATURE_NAMES)].to_numpy()[split["test"]])
     preds = np.column_stack([res.models[k].estimator.predict(z) for k in res.stack.components])
     np.testing.assert_array_equal(res.stack.model.predict(preds), res.scores["stack"].predictions)
+
+
+# ----------------------------------------------------------------------------- member selection
+
+
+class _Member:
+    """A fitted member stand-in: predictions fixed per row (the selection only calls ``predict``)."""
+
+    def __init__(self, values: np.ndarray):
+        self.values = values
+
+    def predict(self, x):
+        return self.values[np.asarray(x, dtype=np.int64).ravel()]
+
+
+def _members(n: int, seed: int = 0):
+    from training.estimators import Selection
+
+    rng = np.random.default_rng(seed)
+    y = rng.normal(size=n)
+    a, b = rng.normal(scale=0.5, size=n), rng.normal(scale=0.5, size=n)
+    members = {"knn": y + a + rng.normal(scale=0.01, size=n),  # lgbm's errors again: adds nothing
+               "ert": y + b,                                    # independent errors: worth keeping
+               "lgbm": y + a,
+               "nn": y + rng.normal(scale=20.0, size=n)}        # very noisy: worth nothing
+    rows = np.arange(n).reshape(-1, 1)
+    return {k: Selection(_Member(v)) for k, v in members.items()}, rows, y
+
+
+def test_member_selection_drops_redundant_and_useless_members_costliest_first():
+    from training.pipeline import select_members
+
+    models, rows, y = _members(20_000)
+    sel = select_members(models, rows, y, tol=0.0025, seed=1)
+    assert sel.kept == ("ert", "lgbm")
+    assert [s.get("dropped") for s in sel.steps[:2]] == ["knn", "nn"]  # kNN first: the costliest that may go
+    assert all(s["upper"] <= 0.0025 for s in sel.steps[:2]) and "stop" in sel.steps[-1]
+    # the members that carry independent information are worth far more than the tolerance
+    assert min(v["rise"] for v in sel.steps[-1]["rises"].values()) > 0.05
+    assert select_members(models, rows, y, tol=0.0025, seed=1).as_dict() == sel.as_dict()  # deterministic
+    assert select_members(models, rows, y, tol=0.0, seed=1).kept != ("ert",)  # no tolerance, nothing useful goes
+
+
+def test_member_selection_keeps_members_when_the_validation_rows_cannot_tell():
+    from training.pipeline import select_members
+
+    models, rows, y = _members(40, seed=3)  # 40 rows: the confidence bound is wide
+    assert len(select_members(models, rows, y, tol=0.0025, seed=1).kept) >= 3
+
+
+def test_both_stacks_are_registered_and_production_follows_the_option(tmp_path):
+    df = make_demo_catalog(n=6000, seed=8)
+    for production in ("selected", "paper"):
+        reg = Registry(tmp_path / production)
+        summary = run_training(df, reg, TrainConfig(targets=("smass",), models=("knn", "lgbm", "nn"), seed=4,
+                                                    production=production, sampler=False))
+        res = summary["results"]["smass"]["raw"]
+        kept = res["selection"]["kept"]
+        paper = reg.get("smass-raw-stack", alias="paper")
+        assert paper.hyperparameters["components"] == ["knn", "lgbm", "nn"]
+        assert res.get("selected_stack") is not None, "with these seeds the selection drops kNN"
+        selected = reg.get("smass-raw-stack", alias="selected")
+        assert selected.version == paper.version + 1 and selected.hyperparameters["components"] == kept
+        assert selected.extra["stack"] == "selected" and paper.extra["stack"] == "paper"
+        assert selected.metrics["halos_per_s"] > 0 and abs(selected.metrics["pearson_r"] - paper.metrics["pearson_r"]) < 0.01
+        want = selected if production == "selected" else paper
+        assert reg.get("smass-raw-stack").version == want.version  # production
+        model = GalaxyModel.from_registry(reg, targets=["smass"])
+        assert model.pinned()[0]["version"] == want.version
+        # the selected graph reproduces its own stack's test predictions through the model object
+        x = df[list(FEATURE_NAMES)].to_numpy()[split_indices(df, 4)["test"]]
+        np.testing.assert_allclose(
+            GalaxyModel.from_registry(reg, targets=["smass"], model="smass-raw-stack@selected").predict(x)["smass"],
+            GalaxyModel.from_registry(reg, targets=["smass"], model="smass-raw-stack@paper").predict(x)["smass"],
+            atol=0.5)  # different stacks of the same members: close, not equal
+        assert res["selected_stack"]["components"] == kept and "knn" not in kept  # kNN is the costliest member
+
+
+def test_a_selection_that_keeps_every_member_gives_the_one_stack_every_alias():
+    from training.pipeline import _stack_aliases
+
+    cfg = TrainConfig(production="selected")
+    assert _stack_aliases(cfg, "paper", distinct=False) == ("paper", "selected", "production")
+    assert _stack_aliases(cfg, "paper", distinct=True) == ("paper",)
+    assert _stack_aliases(cfg, "selected", distinct=True) == ("selected", "production")
+    assert _stack_aliases(TrainConfig(production="paper", alias=None), "paper", distinct=True) == ("paper",)
+    with pytest.raises(TrainingError, match="production must be"):
+        TrainConfig(production="fastest").validate()
+
+
+def test_train_cli_refuses_a_bad_selection_tolerance(tmp_path):
+    data = write_table(make_demo_catalog(n=500, seed=1), tmp_path / "d.parquet")
+    res = cli("train", "--data", str(data), "--registry", str(tmp_path / "m"), "--selection-tol", "nan")
+    assert res.returncode != 0 and "--selection-tol" in res.stderr and "Traceback" not in res.stderr

@@ -44,6 +44,15 @@ from training.smogn import paper_sampler as smogn_sampler
 PATHS: tuple[str, ...] = ("raw", "smogn")
 SPLIT_FRACTIONS = (0.48, 0.12, 0.40)
 FIDELITY_TOL = 1e-4
+#: members by serving cost, costliest first (ONNX on 2 cores, built-in catalog: exact kNN ~80k rows/s, ERT
+#: 0.2-0.25M, LightGBM 0.5-1M, the MLP ~10M): member selection drops the costliest member it may drop
+COST_ORDER: tuple[str, ...] = ("knn", "ert", "lgbm", "nn")
+#: what ``production`` points to after a run: the stack of the members selected on validation, or the paper's
+PRODUCTION_STACKS: tuple[str, ...] = ("selected", "paper")
+#: member selection may raise the stack's cross-validated validation MSE by this fraction of the full stack's,
+#: at ~97.5 % confidence (0.25 %: a Pearson r of 0.7 moves by < 0.001 at that MSE rise; larger r move less)
+SELECTION_TOL = 0.0025
+SELECTION_FOLDS = 5
 
 Progress = Callable[[str], None]
 
@@ -67,6 +76,10 @@ class TrainConfig:
     smogn_stack_rows: str = "real"
     #: also fit the joint sampler (raw path, all four targets; ``training.sampler_step``)
     sampler: bool = True
+    #: which stack ``alias`` (production) points to: ``selected`` (members chosen on validation) or ``paper``
+    production: str = "selected"
+    #: member selection's tolerance: relative rise of the stack's cross-validated validation MSE
+    selection_tol: float = SELECTION_TOL
     extra: dict[str, Any] = field(default_factory=dict)
 
     def sampler_skipped(self) -> str | None:
@@ -97,6 +110,10 @@ class TrainConfig:
             raise TrainingError(f"smogn_stack_rows must be 'real' or 'augmented', not {self.smogn_stack_rows!r}")
         if self.preset not in PRESETS:
             raise TrainingError(f"unknown preset {self.preset!r}: choose from {', '.join(PRESETS)}")
+        if self.production not in PRODUCTION_STACKS:
+            raise TrainingError(f"production must be one of {', '.join(PRODUCTION_STACKS)}, not {self.production!r}")
+        if not (isinstance(self.selection_tol, (int, float)) and 0 <= self.selection_tol < 1):
+            raise TrainingError(f"the selection tolerance must be a fraction in [0, 1), not {self.selection_tol!r}")
 
 
 def split_indices(df: pd.DataFrame, seed: int) -> dict[str, np.ndarray]:
@@ -248,9 +265,26 @@ class Graph:
     data: bytes
     max_batch_rows: int
     onnx_max_abs_diff: float
+    #: onnxruntime halos/s on the test rows (fused stacks only; a measurement, never used in a decision)
+    halos_per_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"onnx_max_abs_diff": self.onnx_max_abs_diff, "onnx_bytes": len(self.data)}
+        return {"onnx_max_abs_diff": self.onnx_max_abs_diff, "onnx_bytes": len(self.data),
+                **({"halos_per_s": self.halos_per_s} if self.halos_per_s is not None else {})}
+
+
+@dataclass
+class MemberSelection:
+    """Backward elimination of stack members on the validation rows (``select_members``)."""
+
+    kept: tuple[str, ...]
+    cv_mse_full: float
+    tol: float
+    steps: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kept": list(self.kept), "cv_mse_full": self.cv_mse_full, "tol": self.tol, "steps": self.steps,
+                "folds": SELECTION_FOLDS, "cost_order": list(COST_ORDER)}
 
 
 @dataclass
@@ -261,14 +295,17 @@ class TargetResult:
     path: str
     models: dict[str, Selection]
     stack: Stack
-    scores: dict[str, Scores]  # per model kind, and "stack"
-    graphs: dict[str, Graph]  # per model kind, and "stack" (the fused graph)
+    scores: dict[str, Scores]  # per model kind, "stack" and (if it differs) "selected"
+    graphs: dict[str, Graph]  # per model kind, "stack" (the paper's fused graph) and "selected"
     training_domain: dict[str, dict[str, float]]
     scaler: Scaler
     smogn: dict[str, Any] | None
     n_train: int
     n_val: int
     n_test: int
+    selection: MemberSelection | None = None
+    #: the stack of the selected members; None when the selection kept every member (the paper's stack is it)
+    selected: Stack | None = None
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -284,6 +321,12 @@ class TargetResult:
             out["smogn"] = self.smogn
         s = self.scores["stack"]
         out["stack"] = {**s.metrics, **self.stack.as_dict(), **s.importance_dict(), **self.graphs["stack"].as_dict()}
+        if self.selection is not None:
+            out["selection"] = self.selection.as_dict()
+        if self.selected is not None:
+            s = self.scores["selected"]
+            out["selected_stack"] = {**s.metrics, **self.selected.as_dict(), "components": list(self.selected.components),
+                                     **s.importance_dict(), **self.graphs["selected"].as_dict()}
         out["training_domain"] = self.training_domain
         out["scaler"] = {"mean": self.scaler.mean.tolist(), "scale": self.scaler.scale.tolist()}
         out["seconds"] = self.seconds
@@ -337,33 +380,93 @@ def fit_stack(models: dict[str, Selection], x: np.ndarray, y: np.ndarray, fit_on
     return Stack(LinearRegression().fit(preds, y), tuple(models), fit_on)
 
 
+def cv_stack_errors(preds: np.ndarray, y: np.ndarray, seed: int, folds: int = SELECTION_FOLDS) -> np.ndarray:
+    """Out-of-fold squared errors [N] of a LinearRegression stack on members' predictions ``preds`` [N, M]
+    for ``y`` [N] (seeded K-fold over the rows): the stack is fit on these rows, so in-sample errors
+    would flatter it."""
+    from sklearn.linear_model import LinearRegression
+    from sklearn.model_selection import KFold, cross_val_predict
+
+    folds = min(folds, len(y))
+    out = cross_val_predict(LinearRegression(), preds, y, cv=KFold(folds, shuffle=True, random_state=seed))
+    return (out - y) ** 2
+
+
+def _cost_rank(kind: str) -> int:
+    return COST_ORDER.index(kind) if kind in COST_ORDER else len(COST_ORDER)
+
+
+def select_members(models: dict[str, Selection], x: np.ndarray, y: np.ndarray, tol: float,
+                   seed: int) -> MemberSelection:
+    """Backward elimination on the stack's rows ``x`` (scaled), ``y``.
+
+    A member may go when, without it, the stack's cross-validated MSE exceeds the *full* stack's by less
+    than ``tol`` (relative) with ~97.5 % confidence: the rise's upper bound, mean + 2 standard errors of
+    the per-row paired difference of squared errors, must be <= ``tol``.  On a small validation split
+    the bound is wide and members stay.  Among the members that may go, the costliest goes first
+    (``COST_ORDER``: a fixed order, so a rerun selects the same members whatever the machine's load);
+    bounding the rise over the full stack, not the previous step, keeps the steps from adding up."""
+    preds = {k: sel.estimator.predict(x) for k, sel in models.items()}
+
+    def errors(keep: list[str]) -> np.ndarray:
+        return cv_stack_errors(np.column_stack([preds[k] for k in keep]), y, seed)
+
+    keep = list(models)
+    e_full = errors(keep)
+    full = float(e_full.mean())
+    steps: list[dict[str, Any]] = []
+    while len(keep) > 1:
+        rises: dict[str, dict[str, float]] = {}
+        for k in keep:
+            d = errors([m for m in keep if m != k]) - e_full
+            scale = full if full > 0 else 1.0
+            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+            rises[k] = {"rise": float(d.mean()) / scale, "upper": (float(d.mean()) + 2.0 * se) / scale}
+        allowed = [k for k in keep if rises[k]["upper"] <= tol]
+        if not allowed:
+            steps.append({"stop": "no remaining member can go within the tolerance", "rises": rises})
+            break
+        drop = min(allowed, key=_cost_rank)
+        keep.remove(drop)
+        steps.append({"dropped": drop, **rises[drop], "rises": rises, "kept": list(keep)})
+    return MemberSelection(tuple(keep), full, tol, steps)
+
+
+def _stack_scores(stack: Stack, test_preds: dict[str, np.ndarray], y: np.ndarray, sub: np.ndarray,
+                  preset: Preset, seed: int) -> Scores:
+    """A stack's test metrics and its permutation importance over its members (normalized to LightGBM's)."""
+    cols = np.column_stack([test_preds[k] for k in stack.components])
+    pred = stack.model.predict(cols)
+    imp, imp_std = permutation_importance(stack.model.predict, cols[sub], y[sub], preset.importance_repeats, seed)
+    ref = stack.components.index("lgbm") if "lgbm" in stack.components else 0
+    return Scores(pred, regression_metrics(pred, y), stack.components, imp, imp_std, normalized(imp, ref))
+
+
 def evaluate(models: dict[str, Selection], stack: Stack, data: TargetData, preset: Preset,
-             seed: int) -> dict[str, Scores]:
+             seed: int, selected: Stack | None = None) -> dict[str, Scores]:
     """Test-set metrics and permutation importance (on a seeded subset of the test rows) of every model
-    (over the halo features) and of the stack (over the models' outputs, normalized to LightGBM's)."""
+    (over the halo features) and of the stacks (over the models' outputs, normalized to LightGBM's)."""
     xe, ye = data.z_test, data.y_test
-    test_preds = np.column_stack([sel.estimator.predict(xe) for sel in models.values()])
-    stack_test = stack.model.predict(test_preds)
+    test_preds = {kind: sel.estimator.predict(xe) for kind, sel in models.items()}
     rng = np.random.default_rng(seed)
     sub = np.sort(rng.choice(len(ye), size=min(preset.importance_rows, len(ye)), replace=False))
     scores: dict[str, Scores] = {}
-    for j, (kind, sel) in enumerate(models.items()):
+    for kind, sel in models.items():
         imp, imp_std = permutation_importance(sel.estimator.predict, xe[sub], ye[sub], preset.importance_repeats, seed)
-        scores[kind] = Scores(test_preds[:, j], regression_metrics(test_preds[:, j], ye), FEATURE_NAMES,
+        scores[kind] = Scores(test_preds[kind], regression_metrics(test_preds[kind], ye), FEATURE_NAMES,
                               imp, imp_std, normalized(imp, 0))
-    imp, imp_std = permutation_importance(stack.model.predict, test_preds[sub], ye[sub], preset.importance_repeats,
-                                          seed)
-    ref = stack.components.index("lgbm") if "lgbm" in stack.components else 0
-    scores["stack"] = Scores(stack_test, regression_metrics(stack_test, ye), stack.components, imp, imp_std,
-                             normalized(imp, ref))
+    scores["stack"] = _stack_scores(stack, test_preds, ye, sub, preset, seed)
+    if selected is not None:
+        scores["selected"] = _stack_scores(selected, test_preds, ye, sub, preset, seed)
     return scores
 
 
 def export(target: str, path: str, models: dict[str, Selection], stack: Stack, data: TargetData,
            scores: dict[str, Scores], domain: dict[str, dict[str, float]], seed: int,
-           progress: Progress) -> dict[str, Graph]:
-    """One graph per model and the fused stack (scaler + models + stacker), each checked against its
-    native predictions on the whole test split (``TrainingError`` beyond ``FIDELITY_TOL``)."""
+           progress: Progress, selected: Stack | None = None) -> dict[str, Graph]:
+    """One graph per model and the fused stacks (scaler + members + stacker: the paper's, and the
+    selected members' if they differ), each checked against its native predictions on the whole test
+    split (``TrainingError`` beyond ``FIDELITY_TOL``)."""
     common_meta = {"training_domain": domain, "seed": seed, "galaxypaint": __version__}
     graphs: dict[str, Graph] = {}
     for kind, sel in models.items():
@@ -373,16 +476,42 @@ def export(target: str, path: str, models: dict[str, Selection], stack: Stack, d
                            {**common_meta, "max_batch_rows": est.max_batch_rows})
         graphs[kind] = Graph(blob, est.max_batch_rows, _fidelity(blob, data.x_test, scores[kind].predictions,
                                                                  est.max_batch_rows, f"{target}/{path} {kind}"))
+    graphs["stack"] = _fused_graph(target, path, "stack", models, stack, data, scores["stack"], common_meta, progress)
+    if selected is not None:
+        graphs["selected"] = _fused_graph(target, path, "selected stack", {k: models[k] for k in selected.components},
+                                          selected, data, scores["selected"], common_meta, progress)
+    return graphs
+
+
+def _fused_graph(target: str, path: str, what: str, models: dict[str, Selection], stack: Stack, data: TargetData,
+                 scores: Scores, common_meta: dict[str, Any], progress: Progress) -> Graph:
+    """Scaler + ``models`` + the stack's linear combination in one graph, checked on the test split and timed."""
     parts = [ox.to_onnx(sel.estimator, "scaled", f"{k}_out", f"{k}_") for k, sel in models.items()]
     parts.append(ox.linear_nodes(stack.model.coef_, float(stack.model.intercept_), [f"{k}_out" for k in models],
                                  ox.OUTPUT_NAME))
     max_batch = min(sel.estimator.max_batch_rows for sel in models.values())
-    progress("exporting the fused stack to ONNX")
+    progress(f"exporting the fused {what} ({', '.join(models)}) to ONNX")
     blob = build_graph(target, path, "stack", data.scaler, parts, {**common_meta, "max_batch_rows": max_batch,
                                                                    "components": list(models)})
-    graphs["stack"] = Graph(blob, max_batch, _fidelity(blob, data.x_test, scores["stack"].predictions, max_batch,
-                                                       f"{target}/{path} stack"))
-    return graphs
+    diff = _fidelity(blob, data.x_test, scores.predictions, max_batch, f"{target}/{path} {what}")
+    return Graph(blob, max_batch, diff, graph_rate(blob, data.x_test, max_batch))
+
+
+def graph_rate(blob: bytes, x_raw: np.ndarray, batch: int, rows: int = 20_000) -> float:
+    """Halos/s of a graph in onnxruntime (default threads) on up to ``rows`` of ``x_raw``, after one warm-up
+    call: reported beside each stack's metrics; timings vary with the machine's load."""
+    import onnxruntime as ort
+
+    from app.core.model import run_batched
+
+    x = np.ascontiguousarray(x_raw[:rows], dtype=np.float64)
+    if len(x) == 0:
+        return float("nan")
+    session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    run_batched(session, x[:256], batch)
+    t0 = time.perf_counter()
+    run_batched(session, x, batch)
+    return len(x) / max(time.perf_counter() - t0, 1e-9)
 
 
 def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, path: str, cfg: TrainConfig,
@@ -395,14 +524,21 @@ def train_target(df: pd.DataFrame, split: dict[str, np.ndarray], target: str, pa
 
     data = prepare_data(df, split, target, path, cfg, progress)
     models = fit_models(data, cfg.models, preset, cfg.seed, say)
+    x_stack, y_stack, fit_on = stack_rows(data, path, cfg)
+    stack = fit_stack(models, x_stack, y_stack, fit_on)
+    selection = select_members(models, x_stack, y_stack, cfg.selection_tol, cfg.seed)
+    selected = None
+    if selection.kept != tuple(models):
+        selected = fit_stack({k: models[k] for k in selection.kept}, x_stack, y_stack, fit_on)
+    say(f"members selected on validation: {', '.join(selection.kept)}"
+        + ("" if selected is not None else " (all: the paper's stack is the selected one)"))
     say("test-set metrics and permutation importance")
-    stack = fit_stack(models, *stack_rows(data, path, cfg))
-    scores = evaluate(models, stack, data, preset, cfg.seed)
+    scores = evaluate(models, stack, data, preset, cfg.seed, selected)
     domain = training_domain(data.x_train)
-    graphs = export(target, path, models, stack, data, scores, domain, cfg.seed, say)
+    graphs = export(target, path, models, stack, data, scores, domain, cfg.seed, say, selected)
     return TargetResult(target, path, models, stack, scores, graphs, domain, data.scaler, data.smogn,
                         n_train=len(data.y_train), n_val=len(data.y_val), n_test=len(data.y_test),
-                        seconds=time.perf_counter() - t0)
+                        selection=selection, selected=selected, seconds=time.perf_counter() - t0)
 
 
 def _augment(target: str, cfg: TrainConfig, x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray,
@@ -476,13 +612,16 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
     summary = {"run_id": run_id, "seed": cfg.seed, "preset": cfg.preset, "data_fingerprint": fingerprint,
                "split": {k: int(len(v)) for k, v in split.items()},
                "split_source": "column" if SPLIT_COLUMN in df.columns else f"seeded {SPLIT_FRACTIONS}",
-               "package_versions": versions, "seconds": time.perf_counter() - t_start, "results": {}}
+               "package_versions": versions, "seconds": time.perf_counter() - t_start, "results": {},
+               "production": cfg.production}
     for target, per_path in results.items():
         for path, res in per_path.items():
             summary["results"].setdefault(target, {})[path] = res.summary()
     summary["sampler"] = sampler.summary() if sampler is not None else {"skipped": skipped}
     registry.record_run(run_id, cfg.seed, fingerprint, {"targets": list(cfg.targets), "paths": list(cfg.paths),
                                                          "preset": cfg.preset, "models": list(cfg.models),
+                                                         "production": cfg.production,
+                                                         "selection_tol": cfg.selection_tol,
                                                          **({"smogn_stack_rows": cfg.smogn_stack_rows}
                                                             if "smogn" in cfg.paths else {}),
                                                          **({"data_path": cfg.extra["data_path"]}
@@ -494,17 +633,25 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
         for path, res in per_path.items():
             entry = summary["results"][target][path]
             for kind, graph in res.graphs.items():
-                m = entry["stack"] if kind == "stack" else entry["models"][kind]
-                metrics = {k: m[k] for k in ("pearson_r", "mse", "ks_d", "onnx_max_abs_diff") if k in m}
-                hyper = ({"coef": m["coef"], "intercept": m["intercept"], "components": list(cfg.models)}
-                         if kind == "stack" else m["hyperparameters"])
+                stack_kind = kind in ("stack", "selected")
+                m = {"stack": entry["stack"], "selected": entry.get("selected_stack")}.get(kind) or entry["models"][kind]
+                metrics = {k: m[k] for k in ("pearson_r", "mse", "ks_d", "onnx_max_abs_diff", "halos_per_s") if k in m}
+                extra = {"max_batch_rows": graph.max_batch_rows, "scaler": entry["scaler"], "preset": cfg.preset,
+                         **({"smogn": entry["smogn"]} if "smogn" in entry else {})}
+                if stack_kind:
+                    members = list(res.selected.components if kind == "selected" else res.stack.components)
+                    hyper = {"coef": m["coef"], "intercept": m["intercept"], "components": members}
+                    extra.update({"stack": "selected" if kind == "selected" else "paper",
+                                  **({"selection": entry["selection"]} if "selection" in entry else {})})
+                    aliases = _stack_aliases(cfg, "selected" if kind == "selected" else "paper",
+                                             res.selected is not None)
+                else:
+                    hyper, aliases = m["hyperparameters"], (cfg.alias,) if cfg.alias else ()
                 mv = registry.publish(
-                    model_name(target, path, kind), graph.data, target=target, variant=path, kind=kind, metrics=metrics,
-                    hyperparameters=hyper, seed=cfg.seed, data_fingerprint=fingerprint, package_versions=versions,
-                    feature_schema=list(FEATURE_NAMES), training_domain=entry["training_domain"], run_id=run_id,
-                    extra={"max_batch_rows": graph.max_batch_rows, "scaler": entry["scaler"], "preset": cfg.preset,
-                           **({"smogn": entry["smogn"]} if "smogn" in entry else {})},
-                    aliases=(cfg.alias,) if cfg.alias else ())
+                    model_name(target, path, "stack" if stack_kind else kind), graph.data, target=target, variant=path,
+                    kind="stack" if stack_kind else kind, metrics=metrics, hyperparameters=hyper, seed=cfg.seed,
+                    data_fingerprint=fingerprint, package_versions=versions, feature_schema=list(FEATURE_NAMES),
+                    training_domain=entry["training_domain"], run_id=run_id, extra=extra, aliases=aliases)
                 published.append(mv.uri)
     if sampler is not None:
         entry = summary["sampler"]
@@ -521,21 +668,37 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
     return summary
 
 
+def _stack_aliases(cfg: TrainConfig, which: str, distinct: bool) -> tuple[str, ...]:
+    """Aliases of the paper's (``which`` = "paper") or the selected stack: its own name, both names when
+    the selection kept every member (one stack is both), and ``cfg.alias`` on the one ``cfg.production`` names."""
+    names = [which] if distinct else ["paper", "selected"]
+    if cfg.alias and (not distinct or cfg.production == which):
+        names.append(cfg.alias)
+    return tuple(dict.fromkeys(names))
+
+
 def format_table(summary: dict[str, Any]) -> str:
-    """The run's test-set metrics as a text table."""
+    """The run's test-set metrics as a text table (``stack``: the paper's four-member stack; ``select``:
+    the members selected on validation, when they differ; ``*``: the one ``production`` points to)."""
     lines = [f"run {summary['run_id']}  seed {summary['seed']}  preset {summary['preset']}  "
              f"split {summary['split']}  ({summary['seconds']:.0f} s)",
-             f"{'target':7s} {'path':5s} {'model':6s} {'r':>7s} {'MSE':>9s} {'KS D':>7s} {'ONNX diff':>10s} "
-             f"{'MB':>6s} {'fit s':>6s}  importance (normalized)"]
+             f"{'target':7s} {'path':5s} {'model':7s} {'r':>7s} {'MSE':>9s} {'KS D':>7s} {'ONNX diff':>10s} "
+             f"{'MB':>6s} {'fit s':>6s} {'kHalo/s':>8s}  importance (normalized)"]
+    production = summary.get("production", "paper")
     for target, per_path in summary["results"].items():
         for path, res in per_path.items():
-            rows = [(k, res["models"][k]) for k in res["models"]] + [("stack", res["stack"])]
+            selected = res.get("selected_stack")
+            star = {"stack": "*" if production == "paper" or not selected else "", "select": "*"}
+            rows = [(k, res["models"][k]) for k in res["models"]] + [("stack" + star["stack"], res["stack"])]
+            if selected:
+                rows.append(("select" + (star["select"] if production == "selected" else ""), selected))
             for kind, m in rows:
                 imp = m.get("importance_normalized", {})
                 imp_s = " ".join(f"{k}={v:.2f}" for k, v in imp.items())
-                lines.append(f"{target:7s} {path:5s} {kind:6s} {m['pearson_r']:7.4f} {m['mse']:9.5f} {m['ks_d']:7.4f} "
+                rate = f"{m['halos_per_s'] / 1e3:8.1f}" if m.get("halos_per_s") else f"{'':8s}"
+                lines.append(f"{target:7s} {path:5s} {kind:7s} {m['pearson_r']:7.4f} {m['mse']:9.5f} {m['ks_d']:7.4f} "
                              f"{m.get('onnx_max_abs_diff', float('nan')):10.2e} {m.get('onnx_bytes', 0) / 1e6:6.1f} "
-                             f"{m.get('fit_seconds', 0):6.1f}  {imp_s}")
+                             f"{m.get('fit_seconds', 0):6.1f} {rate}  {imp_s}")
     if "sampler" in summary and summary["sampler"].get("skipped") != "--no-sampler":
         from training.sampler_step import format_sampler
 

@@ -35,7 +35,7 @@ from app.core.registry import Registry, RegistryError
 from app.core.schema import FEATURE_NAMES, PAPER_PEARSON_R, POSITION_NAMES, TARGET_NAMES
 from training.pipeline import TrainingError, data_fingerprint, split_indices
 
-MODEL_LABELS = {"ert": "ERT", "knn": "kNN", "lgbm": "LGBM", "nn": "NN", "stack": "Stack"}
+MODEL_LABELS = {"ert": "ERT", "knn": "kNN", "lgbm": "LGBM", "nn": "NN", "stack": "Stack", "selected stack": "Selected"}
 PATH_STYLE = {"raw": "-", "smogn": "--"}
 JOINT = [("M_h", "smass"), ("M_h", "radius"), ("smass", "sSFR"), ("smass", "color"), ("color", "sSFR")]
 
@@ -130,7 +130,8 @@ def fig_metric_bars(metrics: pd.DataFrame, column: str, out: Path, title: str, p
         paths = list(dict.fromkeys(sub["path"]))
         width = 0.8 / len(paths)
         for i, path in enumerate(paths):
-            vals = [sub[(sub.model == k) & (sub.path == path)][column].iloc[0] for k in kinds]
+            # a path whose selection kept every member has no "selected stack" row: no bar
+            vals = [next(iter(sub[(sub.model == k) & (sub.path == path)][column]), np.nan) for k in kinds]
             ax.bar(np.arange(len(kinds)) + i * width, vals, width, label=path, hatch="//" if path == "smogn" else None,
                    color=[f"C{list(MODEL_LABELS).index(k)}" for k in kinds], edgecolor="k", lw=0.4)
         if paper and t in paper:
@@ -238,9 +239,13 @@ def metrics_table(run: dict) -> pd.DataFrame:
     rows = []
     for target, per_path in target_metrics(run).items():
         for path, res in per_path.items():
-            for kind, m in [*res["models"].items(), ("stack", res["stack"])]:
+            stacks = [("stack", res["stack"])] + ([("selected stack", res["selected_stack"])]
+                                                  if res.get("selected_stack") else [])
+            for kind, m in [*res["models"].items(), *stacks]:
+                members = list(m.get("components") or m.get("coef", {})) if "stack" in kind else []
                 rows.append({"target": target, "path": path, "model": kind, "pearson_r": m["pearson_r"],
-                             "mse": m["mse"], "ks_d": m["ks_d"]})
+                             "mse": m["mse"], "ks_d": m["ks_d"], "members": ",".join(members),
+                             "halos_per_s": m.get("halos_per_s", np.nan)})
     return pd.DataFrame(rows)
 
 
@@ -641,7 +646,16 @@ def build_report(registry: Registry, df: pd.DataFrame, out_dir: str | Path, run_
           f"Trained {run['created_at']} · seed {run['seed']} · preset {run['config'].get('preset')} · "
           f"data fingerprint `{run['data_fingerprint'][:16]}…` · {len(test):,} test galaxies", ""]
     md += [f"> {n}" for n in notes] + ([""] if notes else [])
-    md += ["## Test-set metrics", "", _md(metrics), "", "![](fig3_pearson.png)", "", "![](fig4_ks.png)", "",
+    production = run["config"].get("production", "paper")
+    stacks_note = ("`stack` is the paper's stack of every member; `selected stack`, where there is one, stacks the "
+                   "members kept by backward elimination on the validation split (a member goes while the stack's "
+                   "cross-validated MSE stays within "
+                   f"{100 * run['config'].get('selection_tol', 0.0025):g} % of the full stack's, costliest first); "
+                   "halos_per_s is its fused graph's onnxruntime rate on the test rows during training.  "
+                   f"`production` points to the {'selected' if production == 'selected' else 'paper'} stack "
+                   "(`galaxypaint train --production`).")
+    md += ["## Test-set metrics", "", _md(metrics), "", stacks_note, "", "![](fig3_pearson.png)", "",
+           "![](fig4_ks.png)", "",
            "## Distributions", "", "![](fig2_pdfs.png)", "", "![](fig5_density.png)", "", "![](fig6_joint.png)", "",
            "## Permutation importance", "", "Halo features (normalized to M_h):", "", _md(imp_feat), "",
            "![](fig7_feature_importance.png)", "", "Models within the stack (normalized to LGBM):", "",
