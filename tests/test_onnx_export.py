@@ -217,3 +217,55 @@ def test_to_onnx_refuses_what_it_cannot_write(data):
         ox.to_onnx(LinearRegression().fit(xt, yt), ox.INPUT_NAME, ox.OUTPUT_NAME, "x_")
     with pytest.raises(ValueError, match="weights='distance'"):
         ox.to_onnx(KNNRegressor(5, weights="distance").fit(xt, yt), ox.INPUT_NAME, ox.OUTPUT_NAME, "k_")
+
+
+# ----------------------------------------------------------------------------- one kNN search for several targets
+
+
+def _multi_target_session(nodes, inits, width):
+    """A session whose output (``ox.OUTPUT_NAME``) is the [N, width] table of a several-target kNN search."""
+    model = ox.make_model(nodes, inits, "multi")
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = width
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("rows", [4000, 300])  # the cell search with its fallback; brute force alone
+def test_one_knn_search_serves_several_targets_with_their_own_k(data, p, rows):
+    """Column t of ``[N, T]`` is scikit-learn's mean over the ``k[t]`` nearest rows, inside the domain,
+    far outside it (the cell search fails its check: fallback) and for a single row."""
+    from sklearn.neighbors import KNeighborsRegressor
+
+    xt, yt, xe, _ = data
+    x, ys = xt[:rows], np.column_stack([yt, np.cos(3 * xt[:, 3]), xt[:, 0] * xt[:, 4]])[:rows]
+    probes = np.vstack([xe[:1500], 6 * xe[:40], xe[:40] - 30.0])
+    for ks in ((29, 7, 50), 13):
+        nodes, inits = knn_onnx.knn_nodes(x, ys, ks, p, ox.INPUT_NAME, ox.OUTPUT_NAME, "m_")
+        assert sum(n.op_type == "Loop" for n in nodes) == (0 if rows < knn_onnx.MIN_ROWS_FOR_PARTITION else 1) + \
+            (1 if p == 2 else 2)  # cell search (if any) + the fallback's slice loops
+        sess = _multi_target_session(nodes, inits, 3)
+        per_column = (ks,) * 3 if isinstance(ks, int) else ks
+        want = np.column_stack([KNeighborsRegressor(n_neighbors=k, p=p).fit(x, ys[:, j]).predict(probes)
+                                for j, k in enumerate(per_column)])
+        got = sess.run(None, {ox.INPUT_NAME: probes})[0]
+        assert got.shape == want.shape and np.abs(got - want).max() <= 1e-12
+        one = sess.run(None, {ox.INPUT_NAME: probes[-1:]})[0]
+        assert np.abs(one - want[-1:]).max() <= 1e-12
+        assert sess.run(None, {ox.INPUT_NAME: np.zeros((0, 5))})[0].shape == (0, 3)
+
+
+def test_one_target_column_matches_the_single_target_graph(data):
+    """``train_y`` [n, 1] gives the [N, 1] answer of the historical ``train_y`` [n] call."""
+    xt, yt, xe, _ = data
+    single = _session(*knn_onnx.knn_nodes(xt, yt, 29, 2, ox.INPUT_NAME, ox.OUTPUT_NAME, "k_"))
+    column = _session(*knn_onnx.knn_nodes(xt, yt[:, None], [29], 2, ox.INPUT_NAME, ox.OUTPUT_NAME, "k_"))
+    assert np.abs(_run(single, xe) - _run(column, xe)).max() <= 1e-12  # same neighbours; sums in another order
+
+
+def test_knn_targets_reject_mismatched_k():
+    y = np.zeros((10, 3))
+    with pytest.raises(ValueError, match="2 values of k for 3 target"):
+        knn_onnx.Targets.of(y, (3, 4))
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        knn_onnx.Targets.of(y, (3, 0, 2))
+    assert knn_onnx.Targets.of(y, 4).ks == (4, 4, 4) and not knn_onnx.Targets.of(y, 4).ordered

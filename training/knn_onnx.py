@@ -137,6 +137,69 @@ def build_partition(x: np.ndarray, cell_size: int, block_size: int) -> Partition
                      blocks)
 
 
+@dataclass(frozen=True)
+class Targets:
+    """What a search averages its neighbours into.
+
+    ``y`` [n] with one ``k``: the historical single-target form, output [N, 1].  ``y`` [n, T] with
+    ``ks`` (one k per column): output [N, T], column t the mean of ``y[:, t]`` over the first
+    ``ks[t]`` neighbours.  The search itself runs once, for ``k = max(ks)``.
+    """
+
+    y: np.ndarray
+    ks: tuple[int, ...]
+
+    @classmethod
+    def of(cls, train_y, k) -> "Targets":
+        y = np.ascontiguousarray(train_y, dtype=np.float64)
+        if y.ndim not in (1, 2):
+            raise ValueError(f"train_y must be [n] or [n, T], not {y.shape}")
+        width = 1 if y.ndim == 1 else y.shape[1]
+        ks = (int(k),) * width if np.ndim(k) == 0 else tuple(int(v) for v in k)
+        if len(ks) != width or width == 0:
+            raise ValueError(f"{len(ks)} values of k for {width} target column(s)")
+        if min(ks) < 1:
+            raise ValueError(f"k must be >= 1, not {min(ks)}")
+        return cls(y, ks)
+
+    @property
+    def k(self) -> int:
+        """The neighbours searched for: the largest k."""
+        return max(self.ks)
+
+    @property
+    def width(self) -> int:
+        return len(self.ks)
+
+    @property
+    def ordered(self) -> bool:
+        """Whether TopK must sort its neighbours (several k: each column reads a prefix of them)."""
+        return len(set(self.ks)) > 1
+
+    def padded(self) -> np.ndarray:
+        """``y`` with one zero row appended (the target of the far-away padding row)."""
+        if self.y.ndim == 1:
+            return np.r_[self.y, 0.0]
+        return np.vstack([self.y, np.zeros((1, self.width))])
+
+
+def _mean_nodes(t: Targets, table: str, rows: str, out: str, P: str, inits: list) -> list:
+    """``out`` = mean of ``table``'s values over the neighbour rows ``rows`` [m, k]: [m, 1] for a
+    single target, [m, T] (the first ``ks[t]`` neighbours of column t, ``rows`` sorted) otherwise."""
+    H = helper.make_node
+    nodes = [H("Gather", [table, rows], [f"{P}ny"])]                    # [m, k] or [m, k, T]
+    if t.y.ndim == 1:
+        return nodes + [H("ReduceMean", [f"{P}ny", f"{P}ax1"], [out], keepdims=1)]
+    if not t.ordered:
+        return nodes + [H("ReduceMean", [f"{P}ny", f"{P}ax1"], [out], keepdims=0)]
+    # a 0/1 mask keeps column t's first ks[t] neighbours: a sum with exact zeros, divided by k as a mean is
+    mask = (np.arange(t.k)[:, None] < np.array(t.ks)[None, :]).astype(np.float64)   # [k, T]
+    inits += [_c(f"{P}kmask", mask), _c(f"{P}kdiv", np.array(t.ks, np.float64))]
+    return nodes + [H("Mul", [f"{P}ny", f"{P}kmask"], [f"{P}nym"]),
+                    H("ReduceSum", [f"{P}nym", f"{P}ax1"], [f"{P}nysum"], keepdims=0),
+                    H("Div", [f"{P}nysum", f"{P}kdiv"], [out])]
+
+
 def _norm(gaps: np.ndarray, p: int) -> np.ndarray:
     return gaps.sum(-1) if p == 1 else np.sqrt((gaps**2).sum(-1))
 
@@ -167,9 +230,12 @@ def _c(name: str, array) -> object:
     return numpy_helper.from_array(np.asarray(array), name)
 
 
-def brute_force_nodes(x: np.ndarray, y: np.ndarray, k: int, p: int, inp: str, out: str, prefix: str,
+def brute_force_nodes(x: np.ndarray, y: np.ndarray, k, p: int, inp: str, out: str, prefix: str,
                       gemm: bool = False) -> tuple[list, list]:
     """Mean target of the k nearest rows of ``x`` by comparing ``inp`` [m, d] with every row.
+
+    ``y`` [n] and int ``k``: ``out`` [m, 1]; ``y`` [n, T] and k an int or T ints: ``out`` [m, T]
+    (``Targets``).
 
     Distances accumulate ``|q_j - x_j|`` (p = 1) or ``(q_j - x_j)^2`` (p = 2) feature by feature on
     [m, n], from the differences themselves; ``gemm`` (p = 2) ranks rows by ``|x|^2 - 2 q.x`` with
@@ -179,7 +245,8 @@ def brute_force_nodes(x: np.ndarray, y: np.ndarray, k: int, p: int, inp: str, ou
     """
     P, H = prefix, helper.make_node
     n, d = x.shape
-    inits = [_c(f"{P}k", np.array([k], np.int64)), _c(f"{P}ax1", np.array([1], np.int64)), _c(f"{P}y", y)]
+    t = Targets.of(y, k)
+    inits = [_c(f"{P}k", np.array([t.k], np.int64)), _c(f"{P}ax1", np.array([1], np.int64)), _c(f"{P}y", t.y)]
     if gemm and p == 2:
         inits += [_c(f"{P}XTa", np.vstack([-2.0 * x.T, (x**2).sum(1)[None, :]])), _c(f"{P}one_col", np.array([[1.0]]))]
         nodes = [H("Shape", [inp], [f"{P}qshape"], end=1),
@@ -190,9 +257,8 @@ def brute_force_nodes(x: np.ndarray, y: np.ndarray, k: int, p: int, inp: str, ou
     else:
         inits += [_c(f"{P}x{j}", x[:, j][None, :]) for j in range(d)]
         nodes = _distance_nodes([f"{P}x{j}" for j in range(d)], inp, d, p, f"{P}dist", P)
-    nodes += [H("TopK", [f"{P}dist", f"{P}k"], [f"{P}_v", f"{P}idx"], largest=0, sorted=0),
-              H("Gather", [f"{P}y", f"{P}idx"], [f"{P}ny"]),
-              H("ReduceMean", [f"{P}ny", f"{P}ax1"], [out], keepdims=1)]
+    nodes += [H("TopK", [f"{P}dist", f"{P}k"], [f"{P}_v", f"{P}idx"], largest=0, sorted=int(t.ordered)),
+              *_mean_nodes(t, f"{P}y", f"{P}idx", out, P, inits)]
     return nodes, inits
 
 
@@ -218,12 +284,16 @@ def _distance_nodes(columns: list[str], q: str, d: int, p: int, out: str, P: str
     return nodes
 
 
-def knn_nodes(train_x: np.ndarray, train_y: np.ndarray, k: int, p: int, inp: str, out: str, prefix: str, *,
+def knn_nodes(train_x: np.ndarray, train_y: np.ndarray, k, p: int, inp: str, out: str, prefix: str, *,
               cell_size: int | None = None, block_size: int | None = None, radius_factor: float | None = None,
               prefilter: bool | None = None, group_rows: int = 128, fallback_rows: int = 64) -> tuple[list, list]:
     """Nodes computing ``out`` [N, 1] = mean target of the k nearest training rows of each row of ``inp``.
 
-    ``inp`` holds the *scaled* features, ``train_x`` the scaled training rows.  ``prefilter``
+    ``inp`` holds the *scaled* features, ``train_x`` the scaled training rows.  Several targets share
+    one search: ``train_y`` [n, T] with ``k`` an int or a sequence of T ints gives ``out`` [N, T],
+    column t the mean of ``train_y[:, t]`` over the ``k[t]`` nearest rows.  The search (cells'
+    radii, candidates, float32 short list, exactness check) is built for ``max(k)``: the neighbours
+    come out sorted, and the ``max(k)`` nearest being exact makes every shorter prefix exact too.  ``prefilter``
     (default: for p = 1) ranks candidates in float32 first and re-ranks a short list in double.
     Any batch size is fine: memory is bounded by ``group_rows`` and ``fallback_rows`` times the
     candidate count.
@@ -231,7 +301,8 @@ def knn_nodes(train_x: np.ndarray, train_y: np.ndarray, k: int, p: int, inp: str
     if p not in (1, 2):
         raise ValueError("kNN export supports p=1 (Manhattan) and p=2 (Euclidean)")
     x = np.ascontiguousarray(train_x, dtype=np.float64)
-    y = np.ascontiguousarray(train_y, dtype=np.float64)
+    t = Targets.of(train_y, k)
+    k = t.k
     n, d = x.shape
     if k > n:
         raise ValueError(f"k={k} neighbours but only {n} training rows")
@@ -243,7 +314,7 @@ def knn_nodes(train_x: np.ndarray, train_y: np.ndarray, k: int, p: int, inp: str
     part = build_partition(x, cfg["cell_size"], cfg["block_size"])
     width = max(len(b) for b in part.blocks)
     if n < MIN_ROWS_FOR_PARTITION or width > 8 * cfg["block_size"]:  # tiny, or many duplicate rows
-        return exact_fallback_nodes(x, y, k, p, inp, out, P, fallback_rows)
+        return exact_fallback_nodes(x, t.y, t.ks, p, inp, out, P, fallback_rows)
     radius, cand, offsets = candidates(part, x, k, p, cfg["radius_factor"])
 
     # per block slot, the training row it holds (row n: a far-away padding row); the candidates'
@@ -261,11 +332,11 @@ def knn_nodes(train_x: np.ndarray, train_y: np.ndarray, k: int, p: int, inp: str
                                        float32_inputs=False)
     inits += [_c(f"{P}k", i64([k])), _c(f"{P}cand", cand), _c(f"{P}off", offsets),
               _c(f"{P}blocks", np.ascontiguousarray(pts.transpose(2, 0, 1), dtype=np.float32 if prefilter else np.float64)),
-              _c(f"{P}rows_of", rows_of), _c(f"{P}Y", np.r_[y, 0.0]),
+              _c(f"{P}rows_of", rows_of), _c(f"{P}Y", t.padded()),
               _c(f"{P}check", (radius * (1 - 1e-6)) ** p),                   # squared distances for p = 2
               _c(f"{P}G", i64(group_rows)), _c(f"{P}Gm1", i64(group_rows - 1)), _c(f"{P}m1", i64([-1])),
               _c(f"{P}zero", i64(0)), _c(f"{P}one", i64(1)), _c(f"{P}ax0", i64([0])), _c(f"{P}ax1", i64([1])),
-              _c(f"{P}pshape", i64([pts.shape[-1], -1])), _c(f"{P}shape2", i64([-1, 2])),
+              _c(f"{P}pshape", i64([pts.shape[-1], -1])), _c(f"{P}shape2", i64([-1, t.width + 1])),
               _c(f"{P}two1", i64([2]))]
     # Sort queries by cell; groups = runs of one cell, cut into subgroups of <= group_rows queries.
     # Everything a loop iteration needs is prepared here for all subgroups at once: onnxruntime
@@ -313,7 +384,7 @@ def knn_nodes(train_x: np.ndarray, train_y: np.ndarray, k: int, p: int, inp: str
         H("Gather", [inp, f"{P}order"], [f"{P}qsorted"], axis=0),
     ]
     search = _prefiltered_search if prefilter else _direct_search
-    prep, body_search = search(x, k, p, d, cand, offsets, part, P, inits)
+    prep, body_search = search(x, t, p, d, cand, offsets, part, P, inits)
     nodes += prep
     # loop body: subgroup i of queries in cell c against the cell's candidate blocks
     b = [H("Gather", [f"{P}sub_s1", f"{P}i"], [f"{P}s1"]), H("Gather", [f"{P}sub_e1", f"{P}i"], [f"{P}e1"]),
@@ -338,8 +409,8 @@ def knn_nodes(train_x: np.ndarray, train_y: np.ndarray, k: int, p: int, inp: str
         [helper.make_tensor_value_info(f"{P}i", TensorProto.INT64, []),
          helper.make_tensor_value_info(f"{P}cond", TensorProto.BOOL, [])],
         [helper.make_tensor_value_info(f"{P}cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info(f"{P}out_i", TensorProto.DOUBLE, [group_rows, 2])])
-    nodes += [H("Loop", [f"{P}S", ""], [f"{P}scan"], body=body),             # [S, G, 2]
+         helper.make_tensor_value_info(f"{P}out_i", TensorProto.DOUBLE, [group_rows, t.width + 1])])
+    nodes += [H("Loop", [f"{P}S", ""], [f"{P}scan"], body=body),             # [S, G, T + 1]
               H("Reshape", [f"{P}scan", f"{P}shape2"], [f"{P}flat"]),
               # sorted query j sits at row sub(j) * G + (j - sub_start[sub(j)]) of the scan output
               *_run_ids(f"{P}N1", f"{P}sub_start", f"{P}sub_of", P + "s_", inits),
@@ -355,16 +426,23 @@ def knn_nodes(train_x: np.ndarray, train_y: np.ndarray, k: int, p: int, inp: str
               H("ScatterND", [f"{P}sorted_pred_ok", f"{P}order2", f"{P}sorted_pred_ok"], [f"{P}pred_ok_all"])]
     # the queries whose cell search failed its check: brute force
     s_nodes, s_inits = _settle(f"{P}pred_ok_all", inp, out, P + "redo_",
-                               lambda q, res: exact_fallback_nodes(x, y, k, p, q, res, f"{P}bf_", fallback_rows))
+                               lambda q, res: exact_fallback_nodes(x, t.y, t.ks, p, q, res, f"{P}bf_", fallback_rows),
+                               t.width)
     return nodes + s_nodes, inits + s_inits
 
 
-def _settle(first: str, inp: str, out: str, P: str, redo) -> tuple[list, list]:
-    """``out`` [m, 1]: the predictions of ``first`` [m, 2] = (prediction, settled 0/1) for the rows of
-    ``inp`` [m, d], the rows not settled answered again by ``redo(q, res) -> (nodes, inits)``."""
+def _settle(first: str, inp: str, out: str, P: str, redo, width: int = 1) -> tuple[list, list]:
+    """``out`` [m, T]: the predictions of ``first`` [m, T + 1] = (T predictions, settled 0/1) for the
+    rows of ``inp`` [m, d], the rows not settled answered again by ``redo(q, res) -> (nodes, inits)``
+    (``T = width``)."""
     H = helper.make_node
     inits = [_c(f"{P}col0", np.array([0], np.int64))]
-    nodes = [H("Split", [first], [f"{P}first_pred", f"{P}first_ok"], axis=1, num_outputs=2),
+    if width == 1:
+        split = H("Split", [first], [f"{P}first_pred", f"{P}first_ok"], axis=1, num_outputs=2)
+    else:
+        inits.append(_c(f"{P}widths", np.array([width, 1], np.int64)))
+        split = H("Split", [first, f"{P}widths"], [f"{P}first_pred", f"{P}first_ok"], axis=1)
+    nodes = [split,
              H("Cast", [f"{P}first_ok"], [f"{P}okb"], to=TensorProto.BOOL),
              H("Not", [f"{P}okb"], [f"{P}again"]),
              H("NonZero", [f"{P}again"], [f"{P}nz"]),                      # [2, F]
@@ -381,9 +459,9 @@ def _rows(name: str, P: str) -> object:
     return helper.make_node("Slice", [name, f"{P}s1", f"{P}e1", f"{P}ax0"], [f"{name}_i"])
 
 
-def _direct_search(x, k, p, d, cand, offsets, part, P, inits) -> tuple[list, list]:
+def _direct_search(x, t: Targets, p, d, cand, offsets, part, P, inits) -> tuple[list, list]:
     """Double distances to every candidate, TopK, mean target.  Returns (nodes before the loop, loop-
-    body nodes) that give ``pred`` [m, 1] and ``kth`` [m, 1] (the k-th distance, squared for p = 2)."""
+    body nodes) that give ``pred`` [m, T] and ``kth`` [m, 1] (the k-th distance, squared for p = 2)."""
     H = helper.make_node
     q = f"{P}qsorted"
     if p == 2:
@@ -400,10 +478,9 @@ def _direct_search(x, k, p, d, cand, offsets, part, P, inits) -> tuple[list, lis
         b = [_rows(q, P), H("Split", [f"{P}cpts"], cols, axis=0, num_outputs=d) if d > 1 else
              H("Identity", [f"{P}cpts"], cols)]
         b += _distance_nodes(cols, f"{q}_i", d, 1, f"{P}dist", f"{P}l1_")
-    b += [H("TopK", [f"{P}dist", f"{P}k"], [f"{P}vals", f"{P}idx"], largest=0, sorted=0),
+    b += [H("TopK", [f"{P}dist", f"{P}k"], [f"{P}vals", f"{P}idx"], largest=0, sorted=int(t.ordered)),
           H("Gather", [f"{P}crows", f"{P}idx"], [f"{P}nrows"]),
-          H("Gather", [f"{P}Y", f"{P}nrows"], [f"{P}ny"]),
-          H("ReduceMean", [f"{P}ny", f"{P}ax1"], [f"{P}pred"], keepdims=1)]
+          *_mean_nodes(t, f"{P}Y", f"{P}nrows", f"{P}pred", P, inits)]
     if p == 2:
         b += [H("ReduceMax", [f"{P}vals", f"{P}ax1"], [f"{P}kth_raw"], keepdims=1),
               H("Add", [f"{P}kth_raw", f"{P}q2_i"], [f"{P}kth"])]
@@ -412,13 +489,13 @@ def _direct_search(x, k, p, d, cand, offsets, part, P, inits) -> tuple[list, lis
     return prep, b
 
 
-def _prefiltered_search(x, k, p, d, cand, offsets, part, P, inits) -> tuple[list, list]:
+def _prefiltered_search(x, t: Targets, p, d, cand, offsets, part, P, inits) -> tuple[list, list]:
     """Float32 distances to every candidate, the ``k + margin`` nearest re-ranked in double.  Besides
     ``pred`` and ``kth`` the body gives ``ranked``: true when every row outside that short list is
     provably farther than the k-th (float32 error bound included), i.e. the k found are the k nearest
     candidates."""
     H = helper.make_node
-    k_wide = k + max(PREFILTER_MARGIN, k // 2)
+    k_wide = t.k + max(PREFILTER_MARGIN, t.k // 2)
     reach = np.sqrt((x**2).sum(1)) if p == 2 else np.abs(x).sum(1)     # |x| or sum_j |x_j|
     # per cell, the largest reach among its candidates: bounds the float32 error of its distances
     cell_reach = np.array([reach[np.concatenate([part.blocks[b] for b in cand[offsets[c]:offsets[c + 1]]])].max()
@@ -448,7 +525,7 @@ def _prefiltered_search(x, k, p, d, cand, offsets, part, P, inits) -> tuple[list
           H("Min", [f"{P}kw", f"{P}ncand"], [f"{P}kw_c"]),
           H("TopK", [f"{P}d32", f"{P}kw_c"], [f"{P}v32", f"{P}i32"], largest=0, sorted=0),
           H("Gather", [f"{P}crows", f"{P}i32"], [f"{P}wrows"]),                # [m, kw] training rows
-          *_rerank_nodes(f"{P}q3_i", p, P),
+          *_rerank_nodes(f"{P}q3_i", p, P, t, inits),
           H("Gather", [f"{P}sub_reach", f"{P}i"], [f"{P}creach"]),
           H("Add", [f"{P}qn_i", f"{P}creach"], [f"{P}span"])]
     if p == 2:  # error of |x|^2 - 2 q.x in float32 <= eps (|q| + |x|)^2; the short list's edge + |q|^2
@@ -464,20 +541,19 @@ def _prefiltered_search(x, k, p, d, cand, offsets, part, P, inits) -> tuple[list
     return prep, b
 
 
-def _rerank_nodes(q3: str, p: int, P: str) -> list:
+def _rerank_nodes(q3: str, p: int, P: str, t: Targets, inits: list) -> list:
     """The exact (double) re-rank of a float32 short list: from ``{P}wrows`` [m, kw] (training rows),
     ``{P}v32`` (their float32 distances) and the queries ``q3`` [m, 1, d], the nodes give ``{P}pred``
-    (mean target of the k nearest), ``{P}kth`` (the k-th exact distance, squared for p = 2) and
+    (mean targets of the k nearest, [m, T]), ``{P}kth`` (the k-th exact distance, squared for p = 2) and
     ``{P}wide`` (the short list's largest float32 distance, as double)."""
     H = helper.make_node
     return [H("Gather", [f"{P}X", f"{P}wrows"], [f"{P}wx"]),                    # [m, kw, d]
             H("Sub", [f"{P}wx", q3], [f"{P}wdiff"]),
             H("Mul", [f"{P}wdiff", f"{P}wdiff"], [f"{P}wterm"]) if p == 2 else H("Abs", [f"{P}wdiff"], [f"{P}wterm"]),
             H("ReduceSum", [f"{P}wterm", f"{P}ax2"], [f"{P}wdist"], keepdims=0),
-            H("TopK", [f"{P}wdist", f"{P}k"], [f"{P}vals", f"{P}j"], largest=0, sorted=0),
+            H("TopK", [f"{P}wdist", f"{P}k"], [f"{P}vals", f"{P}j"], largest=0, sorted=int(t.ordered)),
             H("GatherElements", [f"{P}wrows", f"{P}j"], [f"{P}nrows"], axis=1),
-            H("Gather", [f"{P}Y", f"{P}nrows"], [f"{P}ny"]),
-            H("ReduceMean", [f"{P}ny", f"{P}ax1"], [f"{P}pred"], keepdims=1),
+            *_mean_nodes(t, f"{P}Y", f"{P}nrows", f"{P}pred", P, inits),
             H("ReduceMax", [f"{P}vals", f"{P}ax1"], [f"{P}kth"], keepdims=1),
             H("ReduceMax", [f"{P}v32", f"{P}ax1"], [f"{P}wide32"], keepdims=1),
             H("Cast", [f"{P}wide32"], [f"{P}wide"], to=TensorProto.DOUBLE)]
@@ -508,7 +584,7 @@ def _pad_rows(inp: str, rows: str, out: str, P: str, inits: list) -> list:
             H("Pad", [inp, f"{P}pads"], [out])]
 
 
-def exact_fallback_nodes(x: np.ndarray, y: np.ndarray, k: int, p: int, inp: str, out: str, P: str,
+def exact_fallback_nodes(x: np.ndarray, y: np.ndarray, k, p: int, inp: str, out: str, P: str,
                          rows: int = 64) -> tuple[list, list]:
     """Exact kNN means for the (few) rows of ``inp`` [m, d] the cell search could not settle, by
     comparing them with every training row, ``rows`` query rows at a time.
@@ -516,23 +592,28 @@ def exact_fallback_nodes(x: np.ndarray, y: np.ndarray, k: int, p: int, inp: str,
     p = 2: one double GEMM ``|x|^2 - 2 q.x`` (scikit-learn's own brute-force formula).  p = 1: float32
     distances, the ``k + margin`` nearest re-ranked in double, accepted when separated from the rest
     by more than the float32 error bound; the rows that are not go through double distances.
+    ``y``/``k`` as for ``brute_force_nodes``: ``out`` [m, 1] or [m, T].
     """
+    t = Targets.of(y, k)
+    w = t.width
     if p == 2:
-        return _sliced(inp, out, P, rows, 1, lambda q, res, Q: brute_force_nodes(x, y, k, p, q, res, Q, gemm=True))
-    nodes, inits = _sliced(inp, f"{P}f32", P + "a_", rows, 2, lambda q, res, Q: _float32_brute_nodes(x, y, k, q, res, Q))
+        return _sliced(inp, out, P, rows, w, lambda q, res, Q: brute_force_nodes(x, t.y, t.ks, p, q, res, Q, gemm=True))
+    nodes, inits = _sliced(inp, f"{P}f32", P + "a_", rows, w + 1,
+                           lambda q, res, Q: _float32_brute_nodes(x, t, q, res, Q))
     n2, i2 = _settle(f"{P}f32", inp, out, P + "again_",
-                     lambda q, res: _sliced(q, res, P + "b_", rows, 1,
-                                            lambda qq, rr, Q: brute_force_nodes(x, y, k, p, qq, rr, Q)))
+                     lambda q, res: _sliced(q, res, P + "b_", rows, w,
+                                            lambda qq, rr, Q: brute_force_nodes(x, t.y, t.ks, p, qq, rr, Q)), w)
     return nodes + n2, inits + i2
 
 
-def _float32_brute_nodes(x: np.ndarray, y: np.ndarray, k: int, q: str, res: str, P: str) -> tuple[list, list]:
-    """p = 1 against every training row in float32, re-ranked in double: ``res`` [r, 2] = (mean, ok)."""
+def _float32_brute_nodes(x: np.ndarray, t: Targets, q: str, res: str, P: str) -> tuple[list, list]:
+    """p = 1 against every training row in float32, re-ranked in double: ``res`` [r, T + 1] = (means, ok)."""
     H = helper.make_node
     n, d = x.shape
+    k = t.k
     k_wide = min(n, k + max(PREFILTER_MARGIN, k // 2))
     inits = [_c(f"{P}k", np.array([k], np.int64)), _c(f"{P}kw", np.array([k_wide], np.int64)),
-             _c(f"{P}X", x), _c(f"{P}Y", y), _c(f"{P}ax1", np.array([1], np.int64)),
+             _c(f"{P}X", x), _c(f"{P}Y", t.y), _c(f"{P}ax1", np.array([1], np.int64)),
              _c(f"{P}ax2", np.array([2], np.int64)), _c(f"{P}eps", np.array(F32_ERROR[1])),
              _c(f"{P}reach", np.array(np.abs(x).sum(1).max())), _c(f"{P}all_in", np.array(k_wide == n)),
              *[_c(f"{P}x{j}", x[:, j][None, :].astype(np.float32)) for j in range(d)]]
@@ -540,7 +621,7 @@ def _float32_brute_nodes(x: np.ndarray, y: np.ndarray, k: int, q: str, res: str,
     nodes += _distance_nodes([f"{P}x{j}" for j in range(d)], f"{P}q32", d, 1, f"{P}d32", P)
     nodes += [H("TopK", [f"{P}d32", f"{P}kw"], [f"{P}v32", f"{P}wrows"], largest=0, sorted=0),
               H("Unsqueeze", [q, f"{P}ax1"], [f"{P}q3"]),
-              *_rerank_nodes(f"{P}q3", 1, P),
+              *_rerank_nodes(f"{P}q3", 1, P, t, inits),
               H("Abs", [q], [f"{P}qabs"]), H("ReduceSum", [f"{P}qabs", f"{P}ax1"], [f"{P}qn"], keepdims=1),
               H("Add", [f"{P}qn", f"{P}reach"], [f"{P}span"]), H("Mul", [f"{P}span", f"{P}eps"], [f"{P}err"]),
               H("Sub", [f"{P}wide", f"{P}err"], [f"{P}beyond"]),
