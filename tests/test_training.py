@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -41,7 +42,10 @@ def test_train_cli_registers_stacks_and_writes_metrics(trained):
     metrics = json.loads((root / "metrics.json").read_text())
     # 4 members + the paper's stack per target, + a selected stack where the selection dropped a member
     n_selected = sum(bool(metrics["results"][t]["raw"].get("selected_stack")) for t in ("smass", "sSFR"))
-    assert "smass   raw   stack" in res.stdout and f"registered {10 + n_selected} model versions" in res.stdout
+    n_galaxy = 2 if n_selected else 1  # the run's multi-target graph: of the paper stacks, and of the selected
+    assert "smass   raw   stack" in res.stdout
+    assert f"registered {10 + n_selected + n_galaxy} model versions" in res.stdout
+    assert "one graph for every target (raw): paper stacks" in res.stdout
     assert "fitting nn" in res.stderr and "epoch" in res.stderr  # progress is shown
     assert metrics["seed"] == 5 and metrics["split"] == {"train": 1920, "val": 480, "test": 1600}
     smass = metrics["results"]["smass"]["raw"]
@@ -92,10 +96,17 @@ def test_tampered_artefact_is_refused_by_predict(trained, tmp_path):
 
     reg_dir = tmp_path / "models"
     shutil.copytree(root / "models", reg_dir)
-    mv = Registry(reg_dir).get("sSFR-raw-stack")
-    mv.artefact.write_bytes(mv.artefact.read_bytes()[:-10] + b"0123456789")
+    reg = Registry(reg_dir)
+    for mv in (reg.get("sSFR-raw-stack"), reg.get("raw-galaxy")):  # both stacks run in the run's one graph
+        mv.artefact.write_bytes(mv.artefact.read_bytes()[:-10] + b"0123456789")
     res = cli("predict", "--data", str(data), "--out", str(tmp_path / "p.parquet"), "--registry", str(reg_dir))
-    assert res.returncode == 1 and "has been modified" in res.stderr
+    assert res.returncode == 1 and "raw-galaxy" in res.stderr and "has been modified" in res.stderr
+    assert not (tmp_path / "p.parquet").exists()
+    # one graph per target (the fallback): the stack's own file is checked
+    res = subprocess.run([sys.executable, "-m", "app.cli", "predict", "--data", str(data), "--out",
+                          str(tmp_path / "p.parquet"), "--registry", str(reg_dir)], capture_output=True, text=True,
+                         timeout=900, env={**os.environ, "GALAXYPAINT_FUSED_GRAPHS": "0"})
+    assert res.returncode == 1 and "sSFR-raw-stack" in res.stderr and "has been modified" in res.stderr
     assert not (tmp_path / "p.parquet").exists()
 
 
@@ -293,6 +304,20 @@ def test_both_stacks_are_registered_and_production_follows_the_option(tmp_path):
             GalaxyModel.from_registry(reg, targets=["smass"], model="smass-raw-stack@paper").predict(x)["smass"],
             atol=0.5)  # different stacks of the same members: close, not equal
         assert res["selected_stack"]["components"] == kept and "knn" not in kept  # kNN is the costliest member
+        # one multi-target graph per stack choice, holding exactly the stacks registered beside it
+        galaxies = {g.extra["stack"]: g for g in reg.versions("raw-galaxy")}
+        assert set(galaxies) == {"paper", "selected"} and galaxies["paper"].kind == "galaxy"
+        assert galaxies["paper"].extra["stacks"]["smass"]["version"] == paper.version
+        assert galaxies["selected"].extra["stacks"]["smass"]["sha256"] == selected.sha256
+        assert "production" in galaxies[production].aliases and galaxies[production].metrics["halos_per_s"] > 0
+        for which in ("paper", "selected"):
+            fused = GalaxyModel.from_registry(reg, targets=["smass"], model=f"smass-raw-stack@{which}")
+            plain = GalaxyModel(reg, dict(fused.versions), "raw", fuse=False)
+            assert fused.plan is not None and fused.plan.uri == galaxies[which].uri and plain.plan is None
+            assert fused.pinned() == plain.pinned()  # provenance names the stacks, whatever runs them
+            a, b = fused.predict(x)["smass"], plain.predict(x)["smass"]
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+            assert fused.predict(x[7:8])["smass"][0] == a[7]  # alone as in a batch
 
 
 def test_a_selection_that_keeps_every_member_gives_the_one_stack_every_alias():

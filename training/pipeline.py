@@ -486,13 +486,12 @@ def export(target: str, path: str, models: dict[str, Selection], stack: Stack, d
 def _fused_graph(target: str, path: str, what: str, models: dict[str, Selection], stack: Stack, data: TargetData,
                  scores: Scores, common_meta: dict[str, Any], progress: Progress) -> Graph:
     """Scaler + ``models`` + the stack's linear combination in one graph, checked on the test split and timed."""
-    parts = [ox.to_onnx(sel.estimator, "scaled", f"{k}_out", f"{k}_") for k, sel in models.items()]
-    parts.append(ox.linear_nodes(stack.model.coef_, float(stack.model.intercept_), [f"{k}_out" for k in models],
-                                 ox.OUTPUT_NAME))
-    max_batch = min(sel.estimator.max_batch_rows for sel in models.values())
+    from training.galaxy_graph import TargetStack, target_graph
+
+    st = TargetStack.from_parts(target, data.scaler, {k: sel.estimator for k, sel in models.items()}, stack.model)
     progress(f"exporting the fused {what} ({', '.join(models)}) to ONNX")
-    blob = build_graph(target, path, "stack", data.scaler, parts, {**common_meta, "max_batch_rows": max_batch,
-                                                                   "components": list(models)})
+    blob = target_graph(st, path, common_meta)
+    max_batch = min(sel.estimator.max_batch_rows for sel in models.values())
     diff = _fidelity(blob, data.x_test, scores.predictions, max_batch, f"{target}/{path} {what}")
     return Graph(blob, max_batch, diff, graph_rate(blob, data.x_test, max_batch))
 
@@ -609,11 +608,15 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
     elif cfg.sampler:
         progress(f"no joint sampler: {skipped}")
 
+    galaxies = {path: galaxy_graphs(results, path, sampler, df[list(FEATURE_NAMES)].to_numpy()[split["test"]],
+                                    progress) for path in cfg.paths}
+
     summary = {"run_id": run_id, "seed": cfg.seed, "preset": cfg.preset, "data_fingerprint": fingerprint,
                "split": {k: int(len(v)) for k, v in split.items()},
                "split_source": "column" if SPLIT_COLUMN in df.columns else f"seeded {SPLIT_FRACTIONS}",
                "package_versions": versions, "seconds": time.perf_counter() - t_start, "results": {},
-               "production": cfg.production}
+               "production": cfg.production,
+               "galaxy": {path: {which: g.as_dict() for which, g in graphs.items()} for path, graphs in galaxies.items()}}
     for target, per_path in results.items():
         for path, res in per_path.items():
             summary["results"].setdefault(target, {})[path] = res.summary()
@@ -653,9 +656,10 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
                     data_fingerprint=fingerprint, package_versions=versions, feature_schema=list(FEATURE_NAMES),
                     training_domain=entry["training_domain"], run_id=run_id, extra=extra, aliases=aliases)
                 published.append(mv.uri)
+    sampler_mv = None
     if sampler is not None:
         entry = summary["sampler"]
-        mv = registry.publish(
+        mv = sampler_mv = registry.publish(
             model_name(None, "raw", "sampler"), sampler.graph, target=TARGET_NAMES[0], targets=TARGET_NAMES,
             variant="raw", kind="sampler", metrics=entry["metrics"], hyperparameters=entry["hyperparameters"],
             seed=cfg.seed, data_fingerprint=fingerprint, package_versions=versions, feature_schema=list(FEATURE_NAMES),
@@ -664,8 +668,73 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
                    "target_units": {t: COLUMNS[t].unit for t in TARGET_NAMES}},
             aliases=(cfg.alias,) if cfg.alias else ())
         published.append(mv.uri)
+    stacks_of = {}  # (path, which) -> target -> the registered stack that graph holds
+    for uri in published:
+        mv = registry.resolve(uri)
+        if mv.kind == "stack":
+            for which in ("paper", "selected"):
+                if which in mv.aliases or mv.extra.get("stack") == which:
+                    stacks_of.setdefault((mv.variant, which), {})[mv.target] = mv
+    for path, graphs in galaxies.items():
+        for which, graph in graphs.items():
+            pinned = stacks_of[(path, which)]
+            mv = registry.publish(
+                model_name(None, path, "galaxy"), graph.data, target=cfg.targets[0], targets=tuple(cfg.targets),
+                variant=path, kind="galaxy", metrics={"onnx_max_abs_diff": graph.onnx_max_abs_diff,
+                                                      "halos_per_s": graph.halos_per_s},
+                hyperparameters={"components": {t: list(pinned[t].hyperparameters.get("components", []))
+                                                for t in cfg.targets}},
+                seed=cfg.seed, data_fingerprint=fingerprint, package_versions=versions,
+                feature_schema=list(FEATURE_NAMES), training_domain=summary["results"][cfg.targets[0]][path][
+                    "training_domain"], run_id=run_id,
+                extra={"max_batch_rows": graph.max_batch_rows, "preset": cfg.preset, "stack": which,
+                       "stacks": {t: {"name": mv_.name, "version": mv_.version, "sha256": mv_.sha256}
+                                  for t, mv_ in pinned.items()},
+                       "sampler": ({"name": sampler_mv.name, "version": sampler_mv.version,
+                                    "sha256": sampler_mv.sha256} if path == "raw" and sampler_mv is not None else None)},
+                aliases=_stack_aliases(cfg, which, len(graphs) > 1))
+            published.append(mv.uri)
     summary["published"] = published
     return summary
+
+
+def galaxy_graphs(results: dict[str, dict[str, "TargetResult"]], path: str, sampler, x_test: np.ndarray,
+                  progress: Progress) -> dict[str, Graph]:
+    """The run's multi-target graph(s) on ``path`` (``training.galaxy_graph``): every target's paper
+    stack in one graph sharing the scaler and the kNN search, and (if some target's selection dropped
+    a member) the same for the selected stacks; the joint sampler inside on the raw path.  Each is
+    checked on the test rows against the native stacks and the sampler graph (``FIDELITY_TOL``)."""
+    from app.core.model import run_distribution
+    from training.galaxy_graph import TargetStack, build_galaxy_graph, check_galaxy_graph_fidelity
+
+    import onnxruntime as ort
+
+    per_target = {t: res[path] for t, res in results.items() if path in res}
+    sampler_bytes = sampler.graph if sampler is not None and path == "raw" else None
+    expected_sampler = {}
+    if sampler_bytes is not None:
+        dist = run_distribution(ort.InferenceSession(sampler_bytes, providers=["CPUExecutionProvider"]), x_test)
+        expected_sampler = dict(zip(("weights", "means", "chol"), dist))
+    plans = {"paper": {t: r.stack for t, r in per_target.items()}}
+    if any(r.selected is not None for r in per_target.values()):
+        plans["selected"] = {t: r.selected or r.stack for t, r in per_target.items()}
+    out: dict[str, Graph] = {}
+    for which, stacks in plans.items():
+        progress(f"[{path}] one graph for {', '.join(per_target)} ({which} stacks"
+                 + (", joint sampler" if sampler_bytes else "") + ")")
+        blob = build_galaxy_graph([TargetStack.from_result(r, stacks[t]) for t, r in per_target.items()], path,
+                                  sampler=sampler_bytes)
+        expected = {t: r.scores["selected" if which == "selected" and r.selected is not None else "stack"].predictions
+                    for t, r in per_target.items()}
+        try:
+            diffs = check_galaxy_graph_fidelity(blob, x_test, {**expected, **expected_sampler}, tol=FIDELITY_TOL)
+        except ox.FidelityError as exc:
+            raise TrainingError(f"the {path} {which} galaxy graph: {exc}; nothing was registered") from exc
+        batch = min(min(sel.estimator.max_batch_rows for sel in r.models.values()) for r in per_target.values())
+        if sampler_bytes is not None:
+            batch = min(batch, 16384)
+        out[which] = Graph(blob, batch, max(diffs.values()), graph_rate(blob, x_test, batch))
+    return out
 
 
 def _stack_aliases(cfg: TrainConfig, which: str, distinct: bool) -> tuple[str, ...]:
@@ -699,6 +768,10 @@ def format_table(summary: dict[str, Any]) -> str:
                 lines.append(f"{target:7s} {path:5s} {kind:7s} {m['pearson_r']:7.4f} {m['mse']:9.5f} {m['ks_d']:7.4f} "
                              f"{m.get('onnx_max_abs_diff', float('nan')):10.2e} {m.get('onnx_bytes', 0) / 1e6:6.1f} "
                              f"{m.get('fit_seconds', 0):6.1f} {rate}  {imp_s}")
+    for path, graphs in summary.get("galaxy", {}).items():
+        lines.append(f"one graph for every target ({path}): " + "; ".join(
+            f"{which} stacks {g['halos_per_s'] / 1e3:.1f} kHalo/s, {g['onnx_bytes'] / 1e6:.1f} MB, "
+            f"ONNX diff {g['onnx_max_abs_diff']:.1e}" for which, g in graphs.items()))
     if "sampler" in summary and summary["sampler"].get("skipped") != "--no-sampler":
         from training.sampler_step import format_sampler
 

@@ -16,6 +16,7 @@ Three modes (``Mode``) say what a galaxy is:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,16 @@ INPUT_NAME = "halo_features"
 #: the joint sampler graph's outputs: mixture weights [N, K], means [N, K, D], Cholesky factors [N, K, D, D]
 SAMPLER_OUTPUTS: tuple[str, str, str] = ("weights", "means", "chol")
 SAMPLER_KIND = "sampler"
+#: a training run's multi-target graph: every target's stack (one output per target, named by it), one scaler
+#: and one kNN search shared, and the joint sampler's outputs on the raw path (``training.galaxy_graph``)
+GALAXY_KIND = "galaxy"
+
+
+def fused_graphs_enabled() -> bool:
+    """Whether mean mode runs a run's multi-target graph where one holds the pinned stacks: on unless
+    ``GALAXYPAINT_FUSED_GRAPHS`` is 0/false/no/off (a fallback to the per-target graphs, inherited by
+    Dask workers and job processes; the painting benchmark compares both)."""
+    return os.environ.get("GALAXYPAINT_FUSED_GRAPHS", "1").strip().lower() not in ("0", "false", "no", "off")
 MODES: tuple[str, ...] = ("mean", "sample", "quantiles")
 #: rows per sampler call: its outputs hold ~K (1 + D + D^2) doubles per halo (~1 kB at K = 8)
 SAMPLER_BATCH_ROWS = 16384
@@ -128,6 +139,16 @@ class LoadedModel:
     def is_sampler(self) -> bool:
         return self.version.kind == SAMPLER_KIND
 
+    def predict_outputs(self, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Named outputs [N] of a multi-output graph (a galaxy graph's targets) for ``x`` [N, 5], one
+        onnxruntime run per ``max_batch_rows`` rows for all of them."""
+        x = np.ascontiguousarray(_check_x(x), dtype=np.float64)
+        names = list(names)
+        parts = [self.session.run(names, {INPUT_NAME: x[i:i + self.max_batch_rows]}, self.run_options)
+                 for i in range(0, len(x), self.max_batch_rows)]
+        return {n: (np.concatenate([p[j] for p in parts]).reshape(-1).astype(np.float64) if parts else np.zeros(0))
+                for j, n in enumerate(names)}
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predictions [N] for features ``x`` [N, 5] (raw, schema units), batched to the graph's limit."""
         return run_batched(self.session, _check_x(x), self.max_batch_rows, self.run_options)
@@ -168,21 +189,30 @@ class GalaxyModel:
     job worker, the painting engines and the report.
 
     ``versions`` maps each target to the version answering it: its stack (mean mode) or the joint
-    sampler (sample and quantiles modes; one graph answering every target, loaded once).
+    sampler (sample and quantiles modes; one graph answering every target, loaded once).  In mean mode,
+    when the pinned stacks are exactly those a training run's multi-target graph holds (``plan``,
+    ``Registry.galaxy_for``), that one graph runs instead; ``pinned()`` still names the stacks.
     """
 
     def __init__(self, registry: Registry, versions: dict[str, ModelVersion], variant: str, threads: int = 0,
-                 loader: Callable[[ModelVersion], LoadedModel] | None = None) -> None:
+                 loader: Callable[[ModelVersion], LoadedModel] | None = None, fuse: bool | None = None,
+                 planner: Callable[[dict[str, ModelVersion], str], ModelVersion | None] | None = None) -> None:
         self.registry = registry
         self.variant = variant
         self.versions = dict(versions)
         self.targets = tuple(versions)
+        # what runs: the pinned versions, or the run's multi-target graph holding exactly the pinned stacks
+        # (the same predictions to ~1e-15, one onnxruntime call and one shared kNN search for every target)
+        if fuse is None:
+            fuse = fused_graphs_enabled()
+        self.plan = (planner or registry.galaxy_for)(self.versions, variant) if fuse else None
+        runs = {t: self.plan for t in self.targets} if self.plan is not None else self.versions
         load = loader or (lambda mv: LoadedModel.load(registry, mv, threads))
         loaded: dict[tuple[str, int], LoadedModel] = {}
-        for mv in self.versions.values():
+        for mv in runs.values():
             if (mv.name, mv.version) not in loaded:
                 loaded[(mv.name, mv.version)] = load(mv)
-        self.models = {t: loaded[(mv.name, mv.version)] for t, mv in self.versions.items()}
+        self.models = {t: loaded[(mv.name, mv.version)] for t, mv in runs.items()}
         kinds = {m.is_sampler for m in self.models.values()}
         if len(kinds) > 1:
             raise InvalidReference("a model set mixes the joint sampler with stacks: pin one or the other")
@@ -228,7 +258,16 @@ class GalaxyModel:
         sampler's marginal quantile."""
         self.check_mode(mode)
         if not mode.uses_sampler:
-            return {t: m.predict(x) for t, m in self.models.items()}
+            out: dict[str, np.ndarray] = {}
+            graphs: dict[int, tuple[LoadedModel, list[str]]] = {}  # each loaded graph once, with its targets
+            for t in self.targets:
+                graphs.setdefault(id(self.models[t]), (self.models[t], []))[1].append(t)
+            for m, mine in graphs.values():
+                if m.version.kind == GALAXY_KIND:
+                    out.update(m.predict_outputs(x, mine))
+                else:
+                    out.update({t: m.predict(x) for t in mine})
+            return {t: out[t] for t in self.targets}
         ids = self._ids(ids, len(x)) if mode.name == "sample" else None
         out = {name: np.empty(len(x)) for name in mode.outputs(self.targets)}
         # batch by batch, so that the mixture parameters (~1 kB per halo) are never held for a whole chunk;

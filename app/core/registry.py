@@ -45,7 +45,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -548,6 +548,24 @@ class Registry:
         if missing:
             raise InvalidReference(f"model {named.uri} predicts {', '.join(named.targets)}, not {', '.join(missing)}")
         return [named] * len(targets)
+
+    def galaxy_for(self, pinned: Mapping[str, ModelVersion], variant: str) -> ModelVersion | None:
+        """The newest multi-target graph of ``variant`` (``<variant>-galaxy``, kind galaxy) that holds
+        exactly the stack versions ``pinned`` (target -> version: name, number and sha256 recorded in its
+        ``extra["stacks"]``) and no other target; None if there is none (or ``pinned`` is not all stacks).
+        A graph answering more targets than asked is not used: it would compute them all."""
+        if not pinned or any(mv.kind != "stack" for mv in pinned.values()):
+            return None
+        name = model_name(None, variant, "galaxy")
+        if name not in self.names():
+            return None
+        for mv in reversed(self.versions(name)):
+            held = mv.extra.get("stacks") or {}
+            if set(held) == set(pinned) and all(
+                    held[t].get("name") == v.name and held[t].get("version") == v.version
+                    and held[t].get("sha256") == v.sha256 for t, v in pinned.items()):
+                return mv
+        return None
 
     def referenced(self, model: str | None) -> ModelVersion | None:
         """The one model a choice names (``NAME``, ``NAME@ALIAS``, ``NAME/V``, ``models:/...``), or None
