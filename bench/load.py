@@ -8,6 +8,10 @@ the resident memory of the server and its job workers at the end of the warm-up 
 ``--warmup`` requests) and at the end, with the growth between the two.
 
     python bench/load.py --registry models --requests 20000 --clients 50
+
+Dynamic batching on against off (``GALAXYPAINT_BATCH_WINDOW_MS=0``), single-halo clients only, no job:
+
+    python bench/load.py --registry models --requests 5000 --clients 50 --batch-every 0 --no-paint --batching both
 """
 
 from __future__ import annotations
@@ -54,8 +58,8 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def start(registry: Path, data: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "GALAXYPAINT_ADMIN_TOKEN": TOKEN, "GALAXYPAINT_MAX_BATCH_HALOS": "100000"}
+def start(registry: Path, data: Path, port: int, **extra: str) -> subprocess.Popen:
+    env = {**os.environ, "GALAXYPAINT_ADMIN_TOKEN": TOKEN, "GALAXYPAINT_MAX_BATCH_HALOS": "100000", **extra}
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--registry",
                              str(registry), "--data-dir", str(data), "--log-level", "warning"],
                             env=env, stdout=subprocess.DEVNULL, stderr=open(data / "server.log", "w"), cwd=REPO)
@@ -99,7 +103,7 @@ async def run(args, url: str, pid: int, data: Path) -> dict:
 
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=args.clients + 5)) as c:
         async def keep_painting():
-            while counter["done"] < args.requests:
+            while counter["done"] < args.requests and not args.no_paint:
                 r = await c.post("/v1/jobs/paint", data={"catalog": "paint.parquet"}, headers=auth)
                 if r.status_code != 202:
                     failures.append(f"paint submit {r.status_code}")
@@ -120,7 +124,7 @@ async def run(args, url: str, pid: int, data: Path) -> dict:
                 if i >= args.requests:
                     return
                 counter["next"] += 1
-                kind = "batch" if i % args.batch_every == args.batch_every - 1 else "single"
+                kind = "batch" if args.batch_every and i % args.batch_every == args.batch_every - 1 else "single"
                 n = args.batch_halos if kind == "batch" else 1
                 rows = pool[rng.integers(0, len(pool), n)]
                 body = {"columns": {f: rows[:, j].tolist() for j, f in enumerate(feats)}}
@@ -142,7 +146,12 @@ async def run(args, url: str, pid: int, data: Path) -> dict:
         elapsed = time.perf_counter() - t0
         rss["end"], rss["end_server"] = tree_rss_mb(pid), rss_mb(pid)
         await painter
-    return {"lat": lat, "failures": failures, "rss": rss, "seconds": elapsed, "paint_jobs": len(paint_jobs)}
+        metrics = (await c.get("/metrics")).text
+    batches = {name: sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(name + " "))
+               for name in ("galaxypaint_batches_total", "galaxypaint_batches_merged_total",
+                            "galaxypaint_batch_requests_sum")}
+    return {"lat": lat, "failures": failures, "rss": rss, "seconds": elapsed, "paint_jobs": len(paint_jobs),
+            "batches": batches}
 
 
 def main() -> None:
@@ -155,26 +164,43 @@ def main() -> None:
     p.add_argument("--batch-halos", type=int, default=1_000)
     p.add_argument("--paint-halos", type=int, default=300_000, help="halos of the paint job kept running")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--no-paint", action="store_true", help="no paint job running meanwhile")
+    p.add_argument("--batching", choices=("on", "off", "both"), default="on",
+                   help="dynamic batching as configured (on), disabled (off: GALAXYPAINT_BATCH_WINDOW_MS=0), or one "
+                        "run of each (both)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         registry = Path(args.registry) if args.registry else trained_registry(work)
-        data = work / "data"
-        data.mkdir()
-        proc = start(registry, data, args.port)
-        try:
-            out = asyncio.run(run(args, f"http://127.0.0.1:{args.port}", proc.pid, data))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        for batching in (("on", "off") if args.batching == "both" else (args.batching,)):
+            data = work / f"data-{batching}"
+            data.mkdir()
+            extra = {"GALAXYPAINT_BATCH_WINDOW_MS": "0"} if batching == "off" else {}
+            proc = start(registry, data, args.port, **extra)
+            try:
+                out = asyncio.run(run(args, f"http://127.0.0.1:{args.port}", proc.pid, data))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+            report(args, out, batching)
+
+
+def report(args, out: dict, batching: str) -> None:
     n = sum(len(v) for v in out["lat"].values())
-    print(f"{n:,} requests from {args.clients} clients in {out['seconds']:.1f} s ({n / out['seconds']:.0f} req/s), "
-          f"{out['paint_jobs']} paint job(s) of {args.paint_halos:,} halos running meanwhile")
+    print(f"[batching {batching}] {n:,} requests from {args.clients} clients in {out['seconds']:.1f} s "
+          f"({n / out['seconds']:.0f} req/s), {out['paint_jobs']} paint job(s) of {args.paint_halos:,} halos running "
+          "meanwhile")
     for kind, values in out["lat"].items():
+        if not values:
+            continue
         v = np.array(values) * 1e3
         print(f"  {kind:6s} n={len(v):6,d}  p50 {np.percentile(v, 50):8.1f} ms  p99 {np.percentile(v, 99):8.1f} ms  "
               f"max {v.max():8.1f} ms")
     print(f"  failed requests: {len(out['failures'])}" + (f" (first: {out['failures'][0]})" if out["failures"] else ""))
+    b = out["batches"]
+    if b["galaxypaint_batches_total"]:
+        print(f"  batcher: {b['galaxypaint_batches_total']:,.0f} calls, {b['galaxypaint_batches_merged_total']:,.0f} "
+              f"merged, {b['galaxypaint_batch_requests_sum'] / b['galaxypaint_batches_total']:.2f} requests per call")
     for label, key in (("server", "_server"), ("server + job workers", "")):
         w, e = out["rss"].get("warmup" + key, float("nan")), out["rss"]["end" + key]
         print(f"  RSS {label}: {w:.0f} MiB after {args.warmup:,} requests, {e:.0f} MiB at the end "

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from app.core.db import DB_NAME, watch_connection
-from app.core.model import MEAN, MODES, SAMPLER_KIND, GalaxyModel, LoadedModel, Mode, resolve
+from app.core.model import GALAXY_KIND, MEAN, MODES, SAMPLER_KIND, GalaxyModel, LoadedModel, Mode, resolve
 from app.core.registry import DEFAULT_ALIAS, InvalidReference, ModelNotFound, ModelVersion, Registry
 from app.core.schema import COLUMNS, DEFAULT_QUANTILE_LEVELS, FEATURE_NAMES, TARGET_NAMES, parse_quantile_levels
 
@@ -46,7 +46,7 @@ class ModelStore:
         self._sessions: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
         self._pinned: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
-        self._resolved: dict[tuple, ModelVersion] = {}
+        self._resolved: dict[tuple, ModelVersion | None] = {}
         self._data_version: int | None = None
         self._watch = watch_connection(registry.root / DB_NAME)
 
@@ -126,12 +126,25 @@ class ModelStore:
                     del self._sessions[old]
             return loaded
 
+    def plan(self, versions: dict[str, ModelVersion], variant: str) -> ModelVersion | None:
+        """The multi-target graph that runs these pinned stacks (``Registry.galaxy_for``), cached until the
+        registry changes (a request asks this once per call)."""
+        self._check_fresh()
+        key = ("plan", variant, tuple((t, mv.name, mv.version, mv.sha256) for t, mv in versions.items()))
+        with self._lock:
+            if key in self._resolved:
+                return self._resolved[key]
+        found = self.registry.galaxy_for(versions, variant)
+        with self._lock:
+            self._resolved[key] = found
+        return found
+
     def warm(self) -> list[str]:
-        """Load (and keep) every stack and the joint sampler carrying the serving alias; other models load on
-        first use."""
+        """Load (and keep) every stack, multi-target graph and the joint sampler carrying the serving alias;
+        other models load on first use."""
         loaded = []
         for latest in self.registry.list_models():
-            if latest.kind not in ("stack", SAMPLER_KIND):
+            if latest.kind not in ("stack", SAMPLER_KIND, GALAXY_KIND):
                 continue
             try:
                 mv = self.registry.get(latest.name, alias=SERVING_ALIAS)
@@ -152,6 +165,7 @@ class Prediction:
     models: list[dict]
     warnings: list[dict] = field(default_factory=list)
     units: dict[str, str] = field(default_factory=dict)  # output -> its unit
+    versions: dict[str, ModelVersion] = field(default_factory=dict)  # target -> the version that answered it
 
     @property
     def targets(self) -> list[str]:
@@ -218,14 +232,20 @@ def halo_ids(n: int, mode: Mode, ids: object = None, offset: object = None) -> n
         if offset + n <= 2**63:
             return np.arange(offset, offset + n, dtype=np.int64).view(np.uint64)
         return np.arange(offset, offset + n, dtype=np.uint64)
-    if not isinstance(ids, (list, tuple)):
-        raise DataPlaneError("a list of integers, one per halo, is needed", "ids")
-    if len(ids) != n:
-        raise DataPlaneError(f"{len(ids):,} ids for {n:,} halos: give one per halo, in order", "ids")
-    for i, v in enumerate(ids):
-        if isinstance(v, bool) or not isinstance(v, int) or not ID_MIN <= v < ID_END:
-            raise DataPlaneError(f"id {i} ({str(v)[:40]}) is not an integer in the int64 or uint64 range", "ids")
-    counters = np.array([v % ID_END for v in ids], dtype=np.uint64)  # two's complement, as the sampler keys them
+    if isinstance(ids, np.ndarray) and ids.ndim == 1 and ids.dtype.kind in "iu":  # a binary column (Arrow)
+        if len(ids) != n:
+            raise DataPlaneError(f"{len(ids):,} ids for {n:,} halos: give one per halo, in order", "ids")
+        # int64 -> its two's complement, as the sampler keys them (the same as ``v % 2**64`` below)
+        counters = ids.astype(np.int64).view(np.uint64) if ids.dtype.kind == "i" else ids.astype(np.uint64)
+    else:
+        if not isinstance(ids, (list, tuple)):
+            raise DataPlaneError("a list of integers, one per halo, is needed", "ids")
+        if len(ids) != n:
+            raise DataPlaneError(f"{len(ids):,} ids for {n:,} halos: give one per halo, in order", "ids")
+        for i, v in enumerate(ids):
+            if isinstance(v, bool) or not isinstance(v, int) or not ID_MIN <= v < ID_END:
+                raise DataPlaneError(f"id {i} ({str(v)[:40]}) is not an integer in the int64 or uint64 range", "ids")
+        counters = np.array([v % ID_END for v in ids], dtype=np.uint64)  # two's complement, as the sampler keys them
     if len(np.unique(counters)) != len(counters):
         seen: dict[int, int] = {}
         for j, c in enumerate(counters.tolist()):
@@ -289,23 +309,41 @@ def domain_warnings(x: np.ndarray, mvs: Sequence[ModelVersion], limit: int = 10_
     return out
 
 
-def predict(store: ModelStore, x: np.ndarray, variant: str = "raw", targets: Sequence[str] | None = None,
-            model: str | None = None, mode: Mode = MEAN, ids: object = None, offset: object = None) -> Prediction:
-    """Galaxy properties of halos ``x`` [N, 5] (schema order and units) for each requested target: the
-    stacks' predictions (mean mode), one draw per halo from the joint sampler keyed by (``mode.seed``,
-    id) with ids from ``ids`` or ``offset`` (sample mode; ``halo_ids``), or the sampler's marginal
-    quantiles (quantiles mode: outputs ``<target>_q<level>``)."""
+@dataclass(frozen=True)
+class Planned:
+    """A request validated and resolved, ready to compute: halos ``x`` [N, 5] (float64, schema order and
+    units), the draws' keys (uint64 [N], sample mode only) and the pinned version answering each target."""
+
+    versions: dict[str, ModelVersion]
+    variant: str
+    x: np.ndarray
+    mode: Mode
+    keys: np.ndarray | None
+
+    @property
+    def batch_key(self) -> tuple:
+        """Requests with equal keys may share one ``GalaxyModel.predict`` call: the same pinned versions
+        (target, name, version) and the same mode (name, seed, quantile levels)."""
+        return (self.variant, self.mode, tuple((t, mv.name, mv.version) for t, mv in self.versions.items()))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def plan(store: ModelStore, x: np.ndarray, variant: str = "raw", targets: Sequence[str] | None = None,
+         model: str | None = None, mode: Mode = MEAN, ids: object = None, offset: object = None) -> Planned:
+    """Check halos ``x`` [N, 5] (schema order and units) and the draws' keys, and pin the versions serving
+    each requested target (``ModelStore.resolve``); nothing is computed yet."""
     x = check_features(x)
     keys = halo_ids(len(x), mode, ids, offset)
-    versions = store.resolve(targets, variant, model, mode)
-    return _predict_with(store, versions, variant, x, mode, keys)
+    return Planned(store.resolve(targets, variant, model, mode), variant, x, mode, keys)
 
 
-def predict_version(store: ModelStore, mv: ModelVersion, x: np.ndarray, mode: Mode = MEAN, ids: object = None,
-                    offset: object = None) -> Prediction:
-    """One registered version's answer (the Open Inference Protocol serves one graph per model): a stack
-    or base model predicts its target in mean mode; the joint sampler draws (sample) or gives the
-    quantiles (quantiles) of every target it models."""
+def plan_version(store: ModelStore, mv: ModelVersion, x: np.ndarray, mode: Mode = MEAN, ids: object = None,
+                 offset: object = None) -> Planned:
+    """``plan`` for one registered version (the Open Inference Protocol serves one graph per model): a stack
+    or base model predicts its target in mean mode; the joint sampler draws (sample) or gives the quantiles
+    (quantiles) of every target it models."""
     x = check_features(x)
     keys = halo_ids(len(x), mode, ids, offset)
     is_sampler = mv.kind == SAMPLER_KIND
@@ -316,17 +354,58 @@ def predict_version(store: ModelStore, mv: ModelVersion, x: np.ndarray, mode: Mo
         raise DataPlaneError(f"{mv.name} is the joint sampler: it draws galaxies (mode sample) or gives their "
                              "quantiles (mode quantiles), not means", "mode")
     versions = {t: mv for t in mv.targets} if is_sampler else {mv.target: mv}
-    return _predict_with(store, versions, mv.variant, x, mode, keys)
+    return Planned(versions, mv.variant, x, mode, keys)
 
 
-def _predict_with(store: ModelStore, versions: dict[str, ModelVersion], variant: str, x: np.ndarray, mode: Mode,
-                  keys: np.ndarray | None) -> Prediction:
+def compute(store: ModelStore, plans: Sequence[Planned]) -> list[Prediction | DataPlaneError]:
+    """One ``GalaxyModel.predict`` call for every halo of ``plans`` (which share one ``batch_key``), split back
+    into one answer per plan, in order.  Each plan's draws are keyed by its own ids, and every step is per
+    halo, so a plan's answer does not depend on the others.  A plan whose output is not finite gets its own
+    error (halo indices relative to it); the others are answered.  Blocking (onnxruntime): run off the
+    event loop."""
+    first = plans[0]
+    x = first.x if len(plans) == 1 else np.concatenate([p.x for p in plans])
+    keys = None if first.keys is None else np.concatenate([p.keys for p in plans])  # type: ignore[misc]
     try:
-        galaxy = GalaxyModel(store.registry, versions, variant, loader=store.session)
-        raw = galaxy.predict(x, mode, keys)
+        galaxy = GalaxyModel(store.registry, first.versions, first.variant, loader=store.session, planner=store.plan)
+        raw = galaxy.predict(x, first.mode, keys)
     except InvalidReference as exc:  # the versions cannot answer the mode (resolution normally refuses first)
         raise DataPlaneError(str(exc), "mode") from None
-    values = check_outputs(raw)
-    units = {name: COLUMNS[t].unit for t in versions for name in mode.outputs([t])}
-    unique = list({(mv.name, mv.version): mv for mv in versions.values()}.values())
-    return Prediction(values, galaxy.pinned(), domain_warnings(x, unique), units)
+    pinned = galaxy.pinned()
+    units = {name: COLUMNS[t].unit for t in first.versions for name in first.mode.outputs([t])}
+    unique = list({(mv.name, mv.version): mv for mv in first.versions.values()}.values())
+    answers: list[Prediction | DataPlaneError] = []
+    start = 0
+    for p in plans:
+        part = {name: v[start:start + len(p)] for name, v in raw.items()}
+        start += len(p)
+        try:
+            values = check_outputs(part)
+        except DataPlaneError as exc:
+            answers.append(exc)
+            continue
+        answers.append(Prediction(values, pinned, domain_warnings(p.x, unique), units, dict(p.versions)))
+    return answers
+
+
+def compute_one(store: ModelStore, planned: Planned) -> Prediction:
+    """``compute`` for one plan, its error raised."""
+    answer = compute(store, [planned])[0]
+    if isinstance(answer, DataPlaneError):
+        raise answer
+    return answer
+
+
+def predict(store: ModelStore, x: np.ndarray, variant: str = "raw", targets: Sequence[str] | None = None,
+            model: str | None = None, mode: Mode = MEAN, ids: object = None, offset: object = None) -> Prediction:
+    """Galaxy properties of halos ``x`` [N, 5] (schema order and units) for each requested target: the
+    stacks' predictions (mean mode), one draw per halo from the joint sampler keyed by (``mode.seed``,
+    id) with ids from ``ids`` or ``offset`` (sample mode; ``halo_ids``), or the sampler's marginal
+    quantiles (quantiles mode: outputs ``<target>_q<level>``)."""
+    return compute_one(store, plan(store, x, variant, targets, model, mode, ids, offset))
+
+
+def predict_version(store: ModelStore, mv: ModelVersion, x: np.ndarray, mode: Mode = MEAN, ids: object = None,
+                    offset: object = None) -> Prediction:
+    """One registered version's answer (``plan_version``)."""
+    return compute_one(store, plan_version(store, mv, x, mode, ids, offset))

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.api.batching import Batcher
 from app.api.observability import Metrics
 from app.api.dataplane import ModelStore
 from app.api.jobs import JobRunner, JobStore
@@ -59,6 +60,10 @@ def get_runner(request: Request) -> JobRunner:
     return request.app.state.runner
 
 
+def get_batcher(request: Request) -> Batcher:
+    return request.app.state.batcher
+
+
 def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
@@ -98,5 +103,6 @@ StoreDep = Annotated[ModelStore, Depends(get_store)]
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
 RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 SubmitDep = Annotated[Caller, Depends(_caller("submit"))]
 AdminDep = Annotated[Caller, Depends(_caller("admin"))]

@@ -14,13 +14,16 @@ import ctypes.util
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from app import __version__
 from app.api import errors
+from app.api.batching import Batcher
 from app.api.deps import Tokens
 from app.api.middleware import ServiceMiddleware
 from app.api.observability import Metrics, configure_logging, log
 from app.api.routes import health, jobs, models, predict, runs, v2
+from app.api.schemas import InferenceRequest, PredictRequest
 from app.api.dataplane import ModelStore
 from app.api.jobs import JobRunner, JobStore
 from app.core.registry import Registry
@@ -68,6 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = app.state
         state.registry = Registry(settings.registry, create=True)
         state.store = ModelStore(state.registry, settings.threads, settings.max_loaded_models)
+        state.batcher = Batcher(state.store, metrics, settings.batch_window_ms, settings.batch_max_rows,
+                                settings.batch_bypass_rows, settings.batch_eager)
         try:
             state.warm_models = state.store.warm()
         except Exception as exc:  # a tampered artefact: stay up, unready, with the reason
@@ -97,4 +102,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ServiceMiddleware, settings=settings, metrics=metrics)
     for router in (health.router, predict.router, models.router, runs.router, jobs.router, v2.router):
         app.include_router(router)
+    _declare_bodies(app, (PredictRequest, InferenceRequest))
     return app
+
+
+def _declare_bodies(app: FastAPI, models: tuple[type[BaseModel], ...]) -> None:
+    """Add to the OpenAPI components the request models that routes parse themselves (``app.api.codecs``:
+    off the event loop, or Arrow) and so reference by hand (``openapi_extra``)."""
+    default = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = default()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, sub in body.pop("$defs", {}).items():
+                components.setdefault(name, sub)
+            components.setdefault(model.__name__, body)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -85,6 +85,12 @@ class Metrics:
                                  registry=self.registry)
         self.predictions = Counter("galaxypaint_predictions_total", "halos predicted", ["target", "transport"],
                                    registry=self.registry)
+        self.batches = Counter("galaxypaint_batches_total", "prediction calls run by the dynamic batcher "
+                               "(each serving one or more queued requests)", registry=self.registry)
+        self.batches_merged = Counter("galaxypaint_batches_merged_total", "batcher calls that served two or more "
+                                      "requests at once", registry=self.registry)
+        self.batch_requests = Histogram("galaxypaint_batch_requests", "requests served per batcher call",
+                                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
         self.jobs = Gauge("galaxypaint_jobs", "jobs in the job store by status", ["status"], registry=self.registry)
         self.loaded_models = Gauge("galaxypaint_loaded_models", "onnxruntime sessions loaded",
                                    registry=self.registry)

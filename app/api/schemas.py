@@ -68,6 +68,30 @@ class PredictRequest(BaseModel):
         return len(self.halos) if self.halos is not None else len(next(iter(self.columns.values())))  # type: ignore
 
 
+class PredictQuery(BaseModel):
+    """Query parameters of ``/v1/predict`` with an Arrow IPC body: what a JSON request carries in its body
+    (the halos' ids come from the stream's ``ID`` column).  A JSON request takes none of them.  Other query
+    parameters are ignored, as before (e.g. a client's cache buster)."""
+
+    variant: Literal["raw", "smogn"] = Field("raw", description="training variant (raw or smogn)")
+    targets: list[Annotated[str, StringConstraints(max_length=256)]] | None = Field(
+        None, max_length=8, description="subset of smass, sSFR, radius, color: repeated (targets=smass&targets=sSFR) "
+                                        "or comma-separated (default: all served)")
+    model: str | None = Field(None, max_length=256,
+                              description="alias (staging), version number, or full reference for one target")
+    mode: Literal["mean", "sample", "quantiles"] = Field("mean", description="as in the JSON request")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="seed of the draws (mode sample only; default 0)")
+    quantiles: str | None = Field(None, max_length=1024, description="quantile levels in percent, comma-separated "
+                                                                     "(mode quantiles only; default 16,50,84)")
+    offset: int | None = Field(None, ge=-(2**63), lt=2**64, description="mode sample without an ID column: the "
+                                                                        "halos' ids are offset, offset + 1, ...")
+
+    def target_list(self) -> list[str] | None:
+        if self.targets is None:
+            return None
+        return [t.strip() for item in self.targets for t in item.split(",") if t.strip()] or None
+
+
 class ModelUsed(BaseModel):
     target: str
     name: str

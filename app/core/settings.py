@@ -36,8 +36,26 @@ class Settings(BaseSettings):
                                                                "largest decompressed size of any catalog a job reads")
     max_pk_nmesh: int = Field(512, ge=8, le=2048, description="largest P(k) mesh per side a job may ask for "
                                                               "(memory grows as nmesh^3: 512 needs ~2 GiB)")
+    fused_graphs: bool = Field(True, description="mean mode runs a training run's multi-target graph (one "
+                               "onnxruntime call, one shared kNN search) where it holds the pinned stacks; read "
+                               "by the model object itself, so it also applies to job processes and Dask workers")
     max_loaded_models: int = Field(16, ge=1, le=1024, description="onnxruntime sessions kept loaded (least "
                                                                   "recently used evicted; production stacks kept)")
+    json_offload_bytes: int = Field(256 * 2**10, ge=0, description="/v1/predict and /v2 infer bodies larger than "
+                                    "this [bytes] are parsed and validated in a worker thread, not on the event "
+                                    "loop (0: always)")
+    # --- dynamic batching of /v1/predict and /v2 infer (app.api.batching)
+    batch_window_ms: float = Field(1.0, ge=0, le=1000, description="longest wait [ms] for more requests to merge "
+                                   "with (same pinned models and mode) into one onnxruntime call; 0 disables "
+                                   "batching")
+    batch_max_rows: int = Field(4096, ge=1, le=1_000_000, description="most halos in one merged call (a batch "
+                                "this full is run at once)")
+    batch_bypass_rows: int = Field(1024, ge=0, le=1_000_000, description="requests of more halos than this are "
+                                   "run on their own, never queued")
+    batch_eager: bool = Field(True, description="run a request at once when no call of its models and mode is "
+                              "running (no added latency when idle); requests arriving meanwhile wait for it to "
+                              "finish, or for the window, whichever comes first.  false: always wait the window "
+                              "(or a full batch)")
     # --- jobs
     job_workers: int = Field(1, ge=1, le=64, description="jobs running at once (one process each)")
     job_time_limit_s: float = Field(6 * 3600.0, gt=0, description="a job running longer is killed and failed")

@@ -17,15 +17,16 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Path, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
 from app import __version__
-from app.api.deps import MetricsDep, SettingsDep, StoreDep
+from app.api import codecs
+from app.api.deps import BatcherDep, MetricsDep, SettingsDep, StoreDep
 from app.api.errors import responses
 from app.api.routes.health import readiness
 from app.api.schemas import (MAX_VERSION, InferenceRequest, InferenceResponse, ModelMetadata, TensorIn, TensorMeta,
                              TensorOut)
-from app.api.dataplane import DataPlaneError, check_features, predict_version, request_mode
+from app.api.dataplane import DataPlaneError, check_features, plan_version, request_mode
 from app.core.model import SAMPLER_KIND
 from app.core.schema import FEATURE_NAMES
 
@@ -38,6 +39,9 @@ INPUT = "halo_features"
 OUTPUT = "prediction"
 #: request ``parameters`` read by the inference routes (other parameters are ignored, as the protocol allows)
 MODE_PARAMETERS = ("mode", "seed", "quantiles", "ids", "offset")
+#: the request body, declared by hand: the routes parse it themselves (off the event loop when large)
+INFER_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}}}}
 
 
 @router.get("")
@@ -127,15 +131,9 @@ def model_version_ready(name: ModelName, version: VersionText, store: StoreDep) 
     return {"name": name, "version": str(mv.version), "ready": True}
 
 
-def _predict(store, name: str, version: str | None, x: np.ndarray, mode, ids, offset):
-    """Resolution (SQLite), session loading and onnxruntime: the blocking part, run off the event loop."""
-    mv = _version(store, name, version)
-    return mv, predict_version(store, mv, x, mode, ids, offset)
-
-
 def _parameters(req: InferenceRequest):
     """The mode (checked; errors name ``parameters.<key>``) and the draws' keys from the request
-    ``parameters`` (checked with the data by ``predict_version``)."""
+    ``parameters`` (checked with the data by ``plan_version``)."""
     p = req.parameters or {}
     try:
         mode = request_mode(p.get("mode"), p.get("seed"), p.get("quantiles"))
@@ -156,41 +154,55 @@ def _outputs(req: InferenceRequest, available: list[str]) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
-async def _infer(name: str, version: str | None, req: InferenceRequest, store, settings, metrics) -> InferenceResponse:
+def _request(body: bytes, max_rows: int) -> tuple[InferenceRequest, np.ndarray]:
+    """The validated request and its ``halo_features`` [N, 5] (float64)."""
+    req = InferenceRequest.model_validate_json(body)
     tensors = {t.name: t for t in req.inputs}
     if INPUT not in tensors:
         raise HTTPException(400, f"inputs: expected a tensor named {INPUT!r}, got {sorted(tensors)[:5] or 'none'}")
-    x = check_features(tensor_values(tensors[INPUT], settings.max_batch_halos))
+    return req, tensor_values(tensors[INPUT], max_rows)
+
+
+async def _infer(name: str, version: str | None, request: Request, store, settings, metrics, batcher) -> Response:
+    body = await request.body()  # bounded by the middleware (MAX_JSON_BYTES)
+    large = len(body) > settings.json_offload_bytes
+    req, x = await codecs.off_loop(large, _request, body, settings.max_batch_halos)
+    x = check_features(x)
     mode, ids, offset = _parameters(req)
     try:
-        mv, pred = await run_in_threadpool(_predict, store, name, version, x, mode, ids, offset)
+        # resolution is cached (``ModelStore``): planned on the event loop when the request is queued
+        pred = await batcher.predict(len(x), lambda: plan_version(store, _version(store, name, version), x, mode,
+                                                                  ids, offset))
     except DataPlaneError as exc:
         field = f"parameters.{exc.field}" if exc.field in MODE_PARAMETERS else exc.field
         raise DataPlaneError(str(exc), field, exc.status) from None
+    mv = next(iter(pred.versions.values()))
     for target in pred.targets:
         metrics.predictions.labels(target, "v2").inc(len(x))
     if not mode.uses_sampler:  # a stack or base model: its one prediction, as ever
         values = pred.values[mv.target]
-        return InferenceResponse(model_name=name, model_version=str(mv.version), id=req.id,
-                                 outputs=[TensorOut(name=OUTPUT, shape=[len(values), 1], datatype="FP64",
-                                                    data=values.tolist())])
-    return InferenceResponse(model_name=name, model_version=str(mv.version), id=req.id, parameters=mode.describe(),
-                             outputs=[TensorOut(name=out, shape=[len(x), 1], datatype="FP64",
-                                                data=pred.values[out].tolist())
-                                      for out in _outputs(req, list(pred.values))])
+        answer = InferenceResponse(model_name=name, model_version=str(mv.version), id=req.id,
+                                   outputs=[TensorOut(name=OUTPUT, shape=[len(values), 1], datatype="FP64",
+                                                      data=values.tolist())])
+    else:
+        answer = InferenceResponse(model_name=name, model_version=str(mv.version), id=req.id,
+                                   parameters=mode.describe(),
+                                   outputs=[TensorOut(name=out, shape=[len(x), 1], datatype="FP64",
+                                                      data=pred.values[out].tolist())
+                                            for out in _outputs(req, list(pred.values))])
+    content = await codecs.off_loop(large, lambda: answer.model_dump_json(exclude_none=True).encode())
+    return Response(content, media_type="application/json")
 
 
 @router.post("/models/{name}/infer", response_model=InferenceResponse, response_model_exclude_none=True,
-             responses=responses(503, v2=True))
-async def infer(name: ModelName, req: InferenceRequest, store: StoreDep, settings: SettingsDep,
-                metrics: MetricsDep) -> InferenceResponse:
-    return await _infer(name, None, req, store, settings, metrics)
+             responses=responses(503, v2=True), openapi_extra=INFER_BODY)
+async def infer(name: ModelName, request: Request, store: StoreDep, settings: SettingsDep, metrics: MetricsDep,
+                batcher: BatcherDep) -> Response:
+    return await _infer(name, None, request, store, settings, metrics, batcher)
 
 
 @router.post("/models/{name}/versions/{version}/infer", response_model=InferenceResponse,
-             response_model_exclude_none=True, responses=responses(503, v2=True))
-async def infer_version(name: ModelName, version: VersionText, req: InferenceRequest, store: StoreDep,
-                        settings: SettingsDep, metrics: MetricsDep) -> InferenceResponse:
-    return await _infer(name, version, req, store, settings, metrics)
-
-
+             response_model_exclude_none=True, responses=responses(503, v2=True), openapi_extra=INFER_BODY)
+async def infer_version(name: ModelName, version: VersionText, request: Request, store: StoreDep,
+                        settings: SettingsDep, metrics: MetricsDep, batcher: BatcherDep) -> Response:
+    return await _infer(name, version, request, store, settings, metrics, batcher)
