@@ -78,6 +78,17 @@ def test_the_runs_one_graph_holds_every_stack_not_the_sampler(reg, halos):
     assert GalaxyModel.from_registry(reg, mode=Mode("sample", 1)).plan is None
 
 
+def test_sessions_use_as_many_threads_as_the_process_has_cpus(reg):
+    import os
+
+    from app.core.model import LoadedModel, usable_cpus
+
+    galaxy = reg.get("raw-galaxy", alias="production")
+    assert usable_cpus() == len(os.sched_getaffinity(0))
+    assert LoadedModel.load(reg, galaxy).session.get_session_options().intra_op_num_threads == usable_cpus()
+    assert LoadedModel.load(reg, galaxy, threads=1).session.get_session_options().intra_op_num_threads == 1
+
+
 def test_sample_paint_is_identical_across_chunks_engines_and_row_order(reg, halos, tmp_path):
     src, df = halos
     mode = Mode("sample", seed=7)

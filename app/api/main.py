@@ -9,6 +9,8 @@ Every error is JSON naming the offending field (``app.api.errors``); every reque
 
 from __future__ import annotations
 
+import gc
+
 import ctypes
 import ctypes.util
 from contextlib import asynccontextmanager
@@ -87,6 +89,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for job_id in failed:
             log.warning("job %s was left running by a previous server: marked failed", job_id)
         state.runner.start()
+        # what start-up allocated (libraries, models, settings) lives as long as the server: keep it out of
+        # the collector's full passes, which otherwise stall every request in flight as the heap grows
+        gc.collect()
+        gc.freeze()
         yield
         state.runner.shutdown()
 

@@ -15,7 +15,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GALAXYPAINT_", env_file=None, extra="ignore")
 
     registry: Path = Field(Path("models"), description="model registry directory (SQLite + ONNX artefacts)")
-    threads: int = Field(0, ge=0, le=1024, description="onnxruntime intra-op threads per session (0: all cores)")
+    threads: int = Field(0, ge=0, le=1024, description="onnxruntime intra-op threads per session (0: the CPUs "
+                                                       "the server may use, its affinity)")
     data_dir: Path = Field(Path("data"), description="server-side catalogs (jobs may only read below it) and "
                                                      "job outputs (under jobs/)")
     # --- access: two scopes.  ``admin`` moves aliases (and may do everything else); ``submit`` paints,

@@ -39,7 +39,7 @@ class PaintSpec:
     range_policy: RangePolicy = "error"
     compute_delta3: bool = False
     box: float | None = None  # periodic box side [Mpc/h], needed to compute Delta3_h
-    threads: int = 0  # onnxruntime threads per session (0: all cores)
+    threads: int = 0  # onnxruntime threads per session (0: the CPUs this process may use)
     max_bytes: int | None = None  # largest decompressed catalog read (None: no limit)
     scheduler: str | None = None  # Dask scheduler address (None: a LocalCluster)
     dask_workers: int = 2
