@@ -9,6 +9,11 @@ Arrow IPC (``application/vnd.apache.arrow.stream``): a stream of one or more rec
 columns are the 5 features (float64, float32 or integers) and optionally ``ID`` (integers keying the
 draws of mode sample); answers as a stream with one float64 column per output and the JSON answer's
 other fields (units, models, warnings, mode) in the schema metadata under ``galaxypaint``.
+
+Binary tensor data (the Open Inference Protocol extension of KServe and Triton): a body whose
+``Inference-Header-Content-Length: L`` header is set is a JSON header of L bytes followed by the raw
+little-endian bytes of each input carrying ``parameters.binary_data_size``, concatenated in input
+order; an answer is framed the same way.  Every size is checked against the bytes actually received.
 """
 
 from __future__ import annotations
@@ -127,3 +132,79 @@ def write_stream(values: dict[str, np.ndarray], units: dict[str, str], metadata:
     with pa.ipc.new_stream(sink, schema) as writer:
         writer.write_batch(batch)
     return sink.getvalue().to_pybytes()
+
+
+# ----------------------------------------------------------------------------- binary tensor data (OIP)
+
+#: the header giving the JSON header's length in a binary-framed body (request and response)
+HEADER_LENGTH = "Inference-Header-Content-Length"
+#: OIP datatype -> numpy little-endian dtype, for the datatypes that travel as binary here
+BINARY_DTYPES = {"FP64": np.dtype("<f8"), "FP32": np.dtype("<f4")}
+
+
+def split_binary(body: bytes, declared: str | None) -> tuple[bytes, memoryview]:
+    """The JSON header and the binary part (zero-copy) of a request body; ``declared`` is the
+    ``Inference-Header-Content-Length`` header (None: the whole body is JSON)."""
+    if declared is None:
+        return body, memoryview(b"")
+    text = declared.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise DataPlaneError(f"{declared[:20]!r} is not a byte count", HEADER_LENGTH, status=400)
+    n = int(text)
+    if n == 0:
+        raise DataPlaneError("0: the JSON inference header cannot be empty", HEADER_LENGTH, status=400)
+    if n > len(body):
+        raise DataPlaneError(f"{n:,} bytes declared for the JSON header, but the body holds only {len(body):,} "
+                             "bytes", HEADER_LENGTH, status=400)
+    return body[:n], memoryview(body)[n:]
+
+
+def binary_chunks(inputs: list, binary: memoryview, framed: bool) -> dict[str, memoryview]:
+    """Input name -> its bytes, for the inputs (pydantic ``TensorIn``) carrying ``parameters.binary_data_size``,
+    which must add up exactly to the bytes after the JSON header.  ``framed``: whether the request declared
+    ``Inference-Header-Content-Length`` (without it, no input may be binary)."""
+    sized = []
+    for t in inputs:
+        size = (t.parameters or {}).get("binary_data_size")
+        if size is None:
+            continue
+        field = f"inputs.{t.name[:64]}.parameters.binary_data_size"
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise DataPlaneError(f"{str(size)[:20]} is not a byte count", field, status=400)
+        if t.data is not None:
+            raise DataPlaneError("give the tensor's values either as data or as binary data, not both", field,
+                                 status=400)
+        if not framed:
+            raise DataPlaneError(f"binary data needs the {HEADER_LENGTH} header (the JSON header's length in "
+                                 "bytes; the binary data follows it)", field, status=400)
+        sized.append((t.name, size))
+    total = sum(size for _, size in sized)
+    if total != len(binary):
+        raise DataPlaneError(f"the inputs' binary_data_size add up to {total:,} bytes, but {len(binary):,} bytes "
+                             f"follow the JSON header ({HEADER_LENGTH})", "body", status=400)
+    chunks: dict[str, memoryview] = {}
+    start = 0
+    for name, size in sized:
+        if name in chunks:
+            raise DataPlaneError("appears more than once", f"inputs.{name[:64]}", status=400)
+        chunks[name] = binary[start:start + size]
+        start += size
+    return chunks
+
+
+def binary_values(raw: memoryview, datatype: str, shape: list[int], field: str) -> np.ndarray:
+    """A binary tensor as float64 of ``shape`` (already checked): exactly rows x columns values of the
+    datatype (FP32 values are widened exactly)."""
+    dtype = BINARY_DTYPES[datatype]
+    expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataPlaneError(f"{len(raw):,} bytes, but shape {shape} of {datatype} takes {expected:,} "
+                             f"({dtype.itemsize} bytes per value)", f"{field}.parameters.binary_data_size",
+                             status=400)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(np.float64)
+
+
+def binary_response(header: bytes, payloads: list[np.ndarray]) -> tuple[bytes, int]:
+    """A binary-framed answer: the JSON header then each payload's little-endian float64 bytes; and the
+    header's length (for ``Inference-Header-Content-Length``)."""
+    return b"".join([header, *(np.ascontiguousarray(p, dtype="<f8").tobytes() for p in payloads)]), len(header)

@@ -213,7 +213,9 @@ class TensorIn(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any]
+    data: list[Any] | None = Field(None, description="the values (flat or nested, row-major); absent when the "
+                                                      "tensor's bytes follow the JSON header (binary tensor data "
+                                                      "extension: parameters.binary_data_size)")
     parameters: dict[str, Any] | None = None
 
 
@@ -233,7 +235,9 @@ class TensorOut(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[float]
+    data: list[float] | None = Field(None, description="the values; absent for an output sent as binary data "
+                                                        "after the JSON header (parameters.binary_data_size)")
+    parameters: dict[str, Any] | None = None
 
 
 class InferenceResponse(BaseModel):
@@ -257,3 +261,14 @@ class ModelMetadata(BaseModel):
     inputs: list[TensorMeta]
     outputs: list[TensorMeta]
     parameters: dict[str, Any] | None = None
+
+
+class RepositoryIndexRequest(BaseModel):
+    ready: bool = Field(False, description="list only the model versions that can serve now")
+
+
+class RepositoryModel(BaseModel):
+    name: str
+    version: str
+    state: Literal["READY", "UNAVAILABLE"]
+    reason: str | None = Field(None, description="why a version is UNAVAILABLE")
