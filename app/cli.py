@@ -50,6 +50,24 @@ def _progress_bar(desc: str, unit: str) -> Callable[[int, int], None]:
     return update
 
 
+def _on_invalid(args: argparse.Namespace) -> str:
+    """``--lenient`` / ``--drop-invalid`` (mutually exclusive) as the one invalid-row policy."""
+    return "drop" if getattr(args, "drop_invalid", False) else "warn" if args.lenient else "error"
+
+
+#: at most this many invalid cells are listed in a run's registry record (all of them are counted)
+_MAX_INVALID_RECORDED = 10_000
+
+
+def _invalid_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--lenient", action="store_true", help="warn about out-of-range values and keep them instead "
+                   "of failing (non-finite values are still refused)")
+    g.add_argument("--drop-invalid", action="store_true", help="drop invalid rows (non-finite or outside the "
+                   "schema's valid ranges) and list them: in <out>.invalid.csv (row in the input file, 0-based; "
+                   "column; value; problem), or for train in the run's registry record")
+
+
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from training.demo_catalog import make_demo_catalog, model_parameters, summarize
 
@@ -143,14 +161,28 @@ def cmd_train(args: argparse.Namespace) -> int:
                       models=models, smogn=_smogn_overrides(args.smogn_config),
                       smogn_stack_rows=args.smogn_stack_on, sampler=not args.no_sampler,
                       production=args.production, selection_tol=args.selection_tol / 100.0,
-                      extra={"data_path": os.path.abspath(args.data)})
+                      ignore_split=args.ignore_split,
+                      extra={"data_path": os.path.abspath(args.data), "on_invalid": _on_invalid(args)})
     try:
         cfg.validate()
     except TrainingError as exc:
         raise UserError(str(exc)) from None
-    df, report = load_catalog(args.data, require=list(FEATURE_NAMES) + list(targets), mapping=args.columns)
+    df, report = load_catalog(args.data, require=list(FEATURE_NAMES) + list(targets), mapping=args.columns,
+                              on_invalid=_on_invalid(args))
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    if args.drop_invalid:
+        # the dropped rows travel with the run: counted and listed (rows in the input file) in its record
+        cfg.extra["invalid_rows"] = {
+            "dropped": report.n_dropped, "rows_in": report.n_rows,
+            "listed": min(len(report.invalid), _MAX_INVALID_RECORDED),
+            "cells": report.invalid.iloc[:_MAX_INVALID_RECORDED].to_dict(orient="records")}
+        if report.n_dropped:
+            print(f"warning: {report.dropped_text()}; listed in the run's registry record", file=sys.stderr)
+    if args.ignore_split:
+        from training.pipeline import without_split
+
+        df = without_split(df)  # also for the report below: it rebuilds the run's split from this table
     registry = _registry(args, create=True)
     t0 = time.perf_counter()
 
@@ -162,6 +194,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingError as exc:
         raise UserError(str(exc)) from None
     print(format_table(summary))
+    for w in summary.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
+    if args.drop_invalid:
+        print(f"dropped {report.n_dropped:,} invalid rows of {report.n_rows:,} (recorded with run {summary['run_id']})")
     print(f"registered {len(summary['published'])} model versions in {registry.root} (run {summary['run_id']})")
     if not args.no_report:
         import tempfile
@@ -273,12 +309,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     detect_format(args.out)
     mode = _mode(args)
     targets = _csv_list(args.targets, TARGET_NAMES, "target") if args.targets else None
-    df, report = load_catalog(args.data, require=FEATURE_NAMES, mapping=args.columns,
-                              range_policy="warn" if args.lenient else "error")
+    df, report = load_catalog(args.data, require=FEATURE_NAMES, mapping=args.columns, on_invalid=_on_invalid(args))
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     ids, id_col = (frame_ids(df, args.id_column) if mode.name == "sample"
                    else (None, args.id_column or ("ID" if "ID" in df.columns else None)))
+    if ids is not None and id_col is None and report.n_dropped:
+        import numpy as np
+
+        ids = np.flatnonzero(report.keep_mask())  # a halo's row number in the file, dropped rows counted
     model = GalaxyModel.from_registry(_registry(args), variant=args.variant, targets=targets, model=args.model,
                                       mode=mode)
     t0 = time.perf_counter()
@@ -287,7 +326,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     path = write_table(out, args.out, metadata={"kind": "prediction", "models": model.pinned(),
                                                  "variant": args.variant, **mode.describe(),
                                                  "id_column": id_col or "row number in the input file",
-                                                 "galaxypaint": __version__})
+                                                 "on_invalid": _on_invalid(args), "galaxypaint": __version__})
+    if args.drop_invalid:  # listed even when empty: no stale listing stays beside a new output
+        from app.core.catalogs import write_invalid
+
+        listing = write_invalid(report.invalid, path)
+        print(f"dropped {report.n_dropped:,} invalid rows of {report.n_rows:,}; listed in {listing}")
     used = ", ".join(dict.fromkeys(f"{d['name']}/{d['version']}" for d in model.pinned()))
     print(f"predicted {len(df):,} halos in {elapsed:.2f} s ({len(df) / max(elapsed, 1e-9):,.0f} halos/s) with {used}; "
           f"wrote {path}")
@@ -424,7 +468,19 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise UserError(str(exc)) from None
         if not data:
             raise UserError(f"run {args.run} does not record its training table: give --data FILE")
-    df, _ = load_catalog(data, require=list(FEATURE_NAMES), mapping=args.columns, range_policy="warn")
+    config = {}
+    if args.run:
+        try:
+            config = registry.get_run(args.run)["config"]
+        except RegistryError:
+            pass  # build_report says so
+    # the table as the run saw it: its invalid rows dropped, its split column ignored, if the run did so
+    df, _ = load_catalog(data, require=list(FEATURE_NAMES), mapping=args.columns,
+                         on_invalid="drop" if config.get("on_invalid") == "drop" else "warn")
+    if config.get("ignore_split"):
+        from training.pipeline import without_split
+
+        df = without_split(df)
     t0 = time.perf_counter()
 
     def progress(msg: str) -> None:
@@ -467,11 +523,14 @@ def cmd_paint(args: argparse.Namespace) -> int:
     spec = PaintSpec.create(registry, args.catalog, args.out, targets=targets, model=args.model, variant=args.variant,
                             columns=args.columns, engine=args.engine, chunk_rows=args.chunk_rows,
                             compute_delta3=args.compute_delta3, box=args.box,
-                            range_policy="warn" if args.lenient else "error", scheduler=args.scheduler,
+                            on_invalid=_on_invalid(args), scheduler=args.scheduler,
                             dask_workers=args.dask_workers, mode=_mode(args), id_column=args.id_column)
     summary = paint(spec, registry, progress=_progress_bar("painting", "halo"))
     for w in summary.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
+    if "dropped_rows" in summary:
+        print(f"dropped {summary['dropped_rows']:,} invalid rows of {summary['rows_in']:,}; listed in "
+              f"{summary['invalid_file']}")
     used = ", ".join(dict.fromkeys(f"{d['name']}/{d['version']}" for d in summary["models"]))
     print(f"painted {summary['rows']:,} halos in {summary['seconds']:.1f} s ({summary['rows_per_second']:,.0f} halos/s) "
           f"with {used}; wrote {summary['output']}")
@@ -604,6 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the raw path when all four targets are trained; needed by --mode sample/quantiles)")
     p.add_argument("--no-report", action="store_true", help="do not store the run's report figures and tables "
                                                             "in the registry")
+    p.add_argument("--ignore-split", action="store_true", help="ignore the table's split column and re-split with "
+                   "the seeded default (48/12/40 %% train/validation/test)")
+    _invalid_options(p)
     p.set_defaults(func=cmd_train)
 
     models = sub.add_parser("models", help="list, show, promote and import registered models")
@@ -641,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", help="comma-separated subset of targets (default: every target with a model)")
     p.add_argument("--model", help="alias, version, or NAME@ALIAS for a single target")
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
-    p.add_argument("--lenient", action="store_true", help="warn about out-of-range values instead of failing")
+    _invalid_options(p)
     p.add_argument("--registry", help=reg_help)
     _mode_options(p)
     p.set_defaults(func=cmd_predict)
@@ -686,7 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-delta3", action="store_true", help="compute Delta3_h from x, y, z (haloes as tracers)")
     p.add_argument("--box", type=float, help="periodic box side [Mpc/h] (needed by --compute-delta3)")
     p.add_argument("--chunk-rows", type=int, default=1 << 18, help="rows per chunk (default 262144)")
-    p.add_argument("--lenient", action="store_true", help="warn about out-of-range values instead of failing")
+    _invalid_options(p)
     p.add_argument("--engine", choices=("local", "dask"), default="local")
     p.add_argument("--scheduler", help="Dask scheduler address (default: a LocalCluster)")
     p.add_argument("--dask-workers", type=int, default=2, help="LocalCluster workers (default 2)")

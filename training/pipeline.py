@@ -80,6 +80,8 @@ class TrainConfig:
     production: str = "selected"
     #: member selection's tolerance: relative rise of the stack's cross-validated validation MSE
     selection_tol: float = SELECTION_TOL
+    #: re-split with the seeded default (``SPLIT_FRACTIONS``) even when the table has a ``split`` column
+    ignore_split: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def sampler_skipped(self) -> str | None:
@@ -117,19 +119,47 @@ class TrainConfig:
 
 
 def split_indices(df: pd.DataFrame, seed: int) -> dict[str, np.ndarray]:
-    """Row positions of train/val/test: the table's ``split`` column if present, else a seeded 48/12/40 split."""
+    """Row positions of train/val/test: the table's ``split`` column if present, else a seeded 48/12/40 split.
+
+    A ``split`` column with train and validation rows but no test rows is accepted: "test" is then the
+    validation rows (see :func:`split_notes`: the metrics are validation metrics, and in-sample for the
+    stack, which is fit on those rows)."""
     if SPLIT_COLUMN in df.columns:
         labels = df[SPLIT_COLUMN].astype(str).to_numpy()
         out = {s: np.flatnonzero(labels == s) for s in ("train", "val", "test")}
+        if len(out["test"]) == 0 and len(out["train"]) and len(out["val"]):
+            out["test"] = out["val"]
         empty = [s for s, idx in out.items() if len(idx) == 0]
         if empty:
-            raise TrainingError(f"the split column has no {', '.join(empty)} rows")
+            raise TrainingError(f"the split column has no {', '.join(empty)} rows: fill it in, or re-split with "
+                                f"the seeded default ({'/'.join(f'{f:.0%}' for f in SPLIT_FRACTIONS)}) "
+                                "with --ignore-split")
         return out
     n = len(df)
     perm = np.random.default_rng(seed).permutation(n)
     n_train, n_val = int(round(SPLIT_FRACTIONS[0] * n)), int(round(SPLIT_FRACTIONS[1] * n))
     return {"train": np.sort(perm[:n_train]), "val": np.sort(perm[n_train:n_train + n_val]),
             "test": np.sort(perm[n_train + n_val:])}
+
+
+def evaluated_on(split: dict[str, np.ndarray]) -> str:
+    """The rows the run's metrics are measured on: ``test``, or ``val`` when the split has no test rows."""
+    return "val" if split["test"] is split["val"] else "test"
+
+
+def split_notes(split: dict[str, np.ndarray]) -> list[str]:
+    """Warnings about how a split is measured (empty when there is a proper test split)."""
+    if evaluated_on(split) == "test":
+        return []
+    return ["the split column has train and validation rows only: the metrics are measured on the "
+            f"{len(split['val']):,} validation rows, which chose each model's hyperparameters and fit the stack, "
+            "so they are optimistic (the stack's are in-sample); give test rows, or --ignore-split to re-split "
+            "with the seeded default"]
+
+
+def without_split(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` without its ``split`` column (``--ignore-split``: the seeded default split is used)."""
+    return df.drop(columns=[SPLIT_COLUMN]) if SPLIT_COLUMN in df.columns else df
 
 
 def data_fingerprint(df: pd.DataFrame) -> str:
@@ -577,7 +607,12 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
     missing = [c for c in (*FEATURE_NAMES, *cfg.targets) if c not in df.columns]
     if missing:
         raise TrainingError(f"the training table lacks {', '.join(missing)}")
+    if cfg.ignore_split:
+        df = without_split(df)
     split = split_indices(df, cfg.seed)
+    notes = split_notes(split)
+    for note in notes:
+        progress(f"warning: {note}")
     min_rows = max(60, max(preset.knn.n_neighbors) * 2)
     if len(split["train"]) < min_rows or len(split["val"]) < 10 or len(split["test"]) < 10:
         raise TrainingError(f"too few rows to train: {len(split['train'])} train, {len(split['val'])} validation, "
@@ -614,6 +649,8 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
     summary = {"run_id": run_id, "seed": cfg.seed, "preset": cfg.preset, "data_fingerprint": fingerprint,
                "split": {k: int(len(v)) for k, v in split.items()},
                "split_source": "column" if SPLIT_COLUMN in df.columns else f"seeded {SPLIT_FRACTIONS}",
+               "evaluated_on": evaluated_on(split), "warnings": notes,
+               **({"invalid_rows": cfg.extra["invalid_rows"]} if "invalid_rows" in cfg.extra else {}),
                "package_versions": versions, "seconds": time.perf_counter() - t_start, "results": {},
                "production": cfg.production,
                "galaxy": {path: {which: g.as_dict() for which, g in graphs.items()} for path, graphs in galaxies.items()}}
@@ -627,8 +664,14 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
                                                          "selection_tol": cfg.selection_tol,
                                                          **({"smogn_stack_rows": cfg.smogn_stack_rows}
                                                             if "smogn" in cfg.paths else {}),
-                                                         **({"data_path": cfg.extra["data_path"]}
-                                                            if "data_path" in cfg.extra else {})},
+                                                         "ignore_split": cfg.ignore_split,
+                                                         "split_source": summary["split_source"],
+                                                         "evaluated_on": summary["evaluated_on"],
+                                                         # rows dropped as invalid (on_invalid drop): counted
+                                                         # and listed with their rows in the input file
+                                                         **{k: cfg.extra[k] for k in
+                                                            ("data_path", "on_invalid", "invalid_rows")
+                                                            if k in cfg.extra}},
                         {**summary["results"], **({"sampler": summary["sampler"]} if sampler is not None else {})},
                         versions)
     published = []
@@ -640,6 +683,8 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
                 m = {"stack": entry["stack"], "selected": entry.get("selected_stack")}.get(kind) or entry["models"][kind]
                 metrics = {k: m[k] for k in ("pearson_r", "mse", "ks_d", "onnx_max_abs_diff", "halos_per_s") if k in m}
                 extra = {"max_batch_rows": graph.max_batch_rows, "scaler": entry["scaler"], "preset": cfg.preset,
+                         # "val": no test rows, the metrics are on the validation rows (optimistic)
+                         **({"metrics_on": "val"} if summary["evaluated_on"] == "val" else {}),
                          **({"smogn": entry["smogn"]} if "smogn" in entry else {})}
                 if stack_kind:
                     members = list(res.selected.components if kind == "selected" else res.stack.components)

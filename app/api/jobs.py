@@ -578,9 +578,12 @@ def _run_paint(params: dict, ctx: JobContext) -> dict:
                 params.get("quantiles") or DEFAULT_QUANTILE_LEVELS)
     spec = PaintSpec(Path(params["input"]), out, variant=params.get("variant", params.get("path", "raw")),
                      pinned=tuple(params["models"]), columns=params.get("columns") or {}, threads=ctx.threads,
-                     max_bytes=int(ctx.limits["max_upload_bytes"]), mode=mode, id_column=params.get("id_column"))
+                     max_bytes=int(ctx.limits["max_upload_bytes"]), mode=mode, id_column=params.get("id_column"),
+                     on_invalid=params.get("on_invalid") or "error")  # jobs recorded before it: error
     progress = ctx.progress
     summary = paint(spec, registry, lambda done, total: progress(done / max(total, 1), f"{done:,}/{total:,} halos"))
+    if "invalid_file" in summary:  # the dropped rows' listing, beside the output: result part "invalid"
+        summary["invalid"] = Path(summary.pop("invalid_file")).name
     return {"file": out.name, **{k: v for k, v in summary.items() if k != "output"}}
 
 

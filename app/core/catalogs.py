@@ -121,21 +121,69 @@ def _bad_rows_text(rows: np.ndarray) -> str:
     return f"row{'s' if len(rows) > 1 else ''} {shown}{more} (0-based)"
 
 
+#: what to do with invalid rows (a non-numeric or non-finite value, or a value outside the schema's
+#: valid range): ``error`` refuses the table (default), ``warn`` keeps out-of-range values with a
+#: warning (non-finite ones cannot be fed to a model, so they are still refused), ``drop`` drops
+#: every invalid row and lists it.  One policy for train, predict, paint and paint jobs.
+ON_INVALID: tuple[str, ...] = ("error", "warn", "drop")
+#: how the refusal names the way forward (CLI flags; paint jobs take the form field ``on_invalid``)
+_DROP_HINT = "--drop-invalid (on_invalid=drop) drops such rows and lists them"
+_LENIENT_HINT = "--lenient (on_invalid=warn) keeps out-of-range values with a warning"
+#: the columns of an invalid-rows listing (``ValidationReport.invalid``, the ``.invalid.csv`` sidecar)
+INVALID_COLUMNS: tuple[str, ...] = ("row", "column", "value", "problem")
+
+
+def check_on_invalid(value: str | None, range_policy: str | None = None) -> str:
+    """The invalid-row policy from ``on_invalid`` or the older ``range_policy`` (error/warn/ignore)."""
+    if value is None:
+        value = range_policy or "error"
+    if value not in (*ON_INVALID, "ignore"):  # ignore: the old range_policy value, kept for callers
+        raise CatalogError(f"on_invalid must be one of {', '.join(ON_INVALID)}, not {str(value)[:40]!r}")
+    return value
+
+
+def _value_text(v) -> str:
+    return str(float(v)) if isinstance(v, (float, np.floating)) else str(v)
+
+
 @dataclass
 class ValidationReport:
-    """Outcome of :func:`validate`: rows checked and warnings issued (errors raise)."""
+    """Outcome of :func:`validate`: rows checked, warnings issued (errors raise) and, under
+    ``on_invalid="drop"``, the invalid cells (``invalid``: row, column, value, problem; rows 0-based
+    in the table validated plus ``row_offset``) and the rows to drop."""
 
     n_rows: int
     warnings: list[str] = field(default_factory=list)
+    invalid: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(INVALID_COLUMNS)))
+    dropped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # positions in the table
+
+    @property
+    def n_dropped(self) -> int:
+        return int(len(self.dropped))
+
+    def keep_mask(self) -> np.ndarray:
+        keep = np.ones(self.n_rows, dtype=bool)
+        keep[self.dropped] = False
+        return keep
+
+    def dropped_text(self) -> str:
+        """One line saying how many rows were dropped and why, by column."""
+        per = self.invalid.groupby("column", sort=False)["row"].nunique()
+        return (f"dropped {self.n_dropped:,} invalid row{'s' if self.n_dropped != 1 else ''} of {self.n_rows:,} ("
+                + ", ".join(f"{c}: {n:,}" for c, n in per.items()) + ")")
 
 
-def validate(df: pd.DataFrame, require: Iterable[str] = FEATURE_NAMES, range_policy: RangePolicy = "error",
-             check: Iterable[str] | None = None) -> ValidationReport:
+def validate(df: pd.DataFrame, require: Iterable[str] = FEATURE_NAMES, range_policy: RangePolicy | None = None,
+             check: Iterable[str] | None = None, on_invalid: str | None = None,
+             row_offset: int = 0) -> ValidationReport:
     """Check that required columns exist, are numeric and finite, and lie in their valid ranges.
 
     ``check`` (default: every schema column present) lists the columns whose values are checked.
-    Out-of-range values raise under ``range_policy="error"`` and are reported under ``"warn"``.
+    ``on_invalid`` (see ``ON_INVALID``; ``range_policy`` is its older name) says what happens to invalid
+    rows: raise, warn about out-of-range values, or list them in the report to be dropped
+    (:func:`drop_invalid`).  ``row_offset`` is added to the row numbers reported (a chunk's first row).
     """
+    policy = check_on_invalid(on_invalid, range_policy)
     require = list(require)
     missing = [c for c in require if c not in df.columns]
     if missing:
@@ -143,36 +191,96 @@ def validate(df: pd.DataFrame, require: Iterable[str] = FEATURE_NAMES, range_pol
                            f"(the table has: {', '.join(map(str, df.columns))}); "
                            "map other names with NAME=COLUMN")
     report = ValidationReport(n_rows=len(df))
+    found: list[tuple[np.ndarray, str, list[str], str]] = []  # (positions, column, values, problem)
     names = [c for c in (check if check is not None else COLUMNS) if c in df.columns]
     for name in names:
         col = df[name]
+        text = None
         if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
             values = pd.to_numeric(col, errors="coerce")
             bad = np.flatnonzero(values.isna().to_numpy() & col.notna().to_numpy())
             if len(bad):
-                raise CatalogError(f"column {name} is not numeric: {_bad_rows_text(bad)}, "
-                                   f"e.g. {col.iloc[bad[0]]!r}")
+                if policy != "drop":
+                    raise CatalogError(f"column {name} is not numeric: {_bad_rows_text(bad + row_offset)}, "
+                                       f"e.g. {col.iloc[bad[0]]!r}; {_DROP_HINT}")
+                found.append((bad, name, [str(x) for x in col.iloc[bad]], "not a number"))
+                text = set(bad.tolist())
             col = values
         v = col.to_numpy(dtype=np.float64, na_value=np.nan)
         bad = np.flatnonzero(~np.isfinite(v))
+        if text:
+            bad = np.array([r for r in bad if r not in text], dtype=np.int64)
         if len(bad):
-            raise CatalogError(f"column {name} has {len(bad)} missing or non-finite value"
-                               f"{'s' if len(bad) > 1 else ''} (NaN/inf) at {_bad_rows_text(bad)}")
+            if policy != "drop":
+                # kept rows must be usable by a model: non-finite values are refused even under warn
+                raise CatalogError(f"column {name} has {len(bad)} missing or non-finite value"
+                                   f"{'s' if len(bad) > 1 else ''} (NaN/inf) at {_bad_rows_text(bad + row_offset)}; "
+                                   f"{_DROP_HINT}")
+            found.append((bad, name, [_value_text(x) for x in v[bad]], "missing or non-finite"))
         spec = COLUMNS[name]
         lo, hi = spec.valid
-        out = np.flatnonzero((v < lo) | (v > hi))
-        if len(out) and range_policy != "ignore":
+        out = np.flatnonzero(np.isfinite(v) & ((v < lo) | (v > hi)))  # non-finite: listed above
+        if len(out) and policy != "ignore":
             msg = (f"column {name} has {len(out)} value{'s' if len(out) > 1 else ''} outside the valid range "
-                   f"[{lo:g}, {hi:g}] {spec.unit} at {_bad_rows_text(out)}, e.g. {v[out[0]]:g}")
-            if range_policy == "error":
-                raise CatalogError(msg)
-            report.warnings.append(msg)
+                   f"[{lo:g}, {hi:g}] {spec.unit} at {_bad_rows_text(out + row_offset)}, e.g. {v[out[0]]:g}")
+            if policy == "error":
+                raise CatalogError(f"{msg}; {_DROP_HINT}, {_LENIENT_HINT}")
+            if policy == "warn":
+                report.warnings.append(msg)
+            else:
+                found.append((out, name, [_value_text(x) for x in v[out]],
+                              f"outside the valid range [{lo:g}, {hi:g}] {spec.unit}".rstrip()))
     if SPLIT_COLUMN in df.columns:
         bad = np.flatnonzero(~df[SPLIT_COLUMN].astype(str).isin(SPLIT_VALUES).to_numpy())
         if len(bad):
             raise CatalogError(f"column {SPLIT_COLUMN} must hold {', '.join(SPLIT_VALUES)}: "
-                               f"{_bad_rows_text(bad)}, e.g. {df[SPLIT_COLUMN].iloc[bad[0]]!r}")
+                               f"{_bad_rows_text(bad + row_offset)}, e.g. {df[SPLIT_COLUMN].iloc[bad[0]]!r}")
+    if found:
+        rows = np.concatenate([f[0] for f in found]).astype(np.int64)
+        listing = pd.DataFrame({"row": rows + row_offset,
+                                "column": np.concatenate([[f[1]] * len(f[0]) for f in found]),
+                                "value": np.concatenate([f[2] for f in found]),
+                                "problem": np.concatenate([[f[3]] * len(f[0]) for f in found])})
+        report.invalid = listing.sort_values(["row"], kind="stable").reset_index(drop=True)
+        report.dropped = np.unique(rows)
     return report
+
+
+def drop_invalid(df: pd.DataFrame, report: ValidationReport) -> pd.DataFrame:
+    """``df`` without the rows ``report`` found invalid (index reset; ``attrs`` kept); columns that were
+    checked as numbers but read as text (because of a dropped non-number) become numbers."""
+    if not report.n_dropped:
+        return df
+    out = df.iloc[report.keep_mask()].reset_index(drop=True)
+    for name in set(report.invalid["column"]):
+        if not pd.api.types.is_numeric_dtype(out[name]):
+            out[name] = pd.to_numeric(out[name])
+    out.attrs = dict(df.attrs)
+    return out
+
+
+def invalid_path(out: str | os.PathLike[str]) -> Path:
+    """Where the rows dropped while writing ``out`` are listed: ``<out>.invalid.csv`` beside it."""
+    p = Path(out)
+    return p.with_name(p.name + ".invalid.csv")
+
+
+def write_invalid(invalid: pd.DataFrame, out: str | os.PathLike[str]) -> Path:
+    """Write the invalid-rows listing beside ``out`` (atomically; header only when nothing was dropped,
+    so that a stale listing from an earlier run never stands beside a new output)."""
+    path = invalid_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            invalid.reindex(columns=list(INVALID_COLUMNS)).to_csv(fh, index=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _read_hdf5(path: Path, key: str | None) -> tuple[pd.DataFrame, dict[str, object]]:
@@ -233,12 +341,18 @@ def read_table(path: str | os.PathLike[str], mapping: Mapping[str, str] | str | 
 
 
 def load_catalog(path: str | os.PathLike[str], require: Iterable[str] = FEATURE_NAMES,
-                 mapping: Mapping[str, str] | str | None = None, range_policy: RangePolicy = "error",
-                 fmt: str | None = None, hdf5_key: str | None = None) -> tuple[pd.DataFrame, ValidationReport]:
-    """Read and validate a table; returns it with canonical column names and the report."""
+                 mapping: Mapping[str, str] | str | None = None, range_policy: RangePolicy | None = None,
+                 fmt: str | None = None, hdf5_key: str | None = None,
+                 on_invalid: str | None = None) -> tuple[pd.DataFrame, ValidationReport]:
+    """Read and validate a table; returns it with canonical column names and the report.
+
+    Under ``on_invalid="drop"`` the invalid rows are gone from the table returned (the report lists
+    them, with their row numbers in the file); refused if no row is left."""
     df = read_table(path, mapping, fmt, hdf5_key)
-    report = validate(df, require=require, range_policy=range_policy)
-    return df, report
+    report = validate(df, require=require, range_policy=range_policy, on_invalid=on_invalid)
+    if report.n_dropped == len(df):
+        raise CatalogError(f"every row of {path} is invalid ({report.dropped_text()}): nothing is left")
+    return drop_invalid(df, report), report
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -22,7 +22,7 @@ from app.core.catalog_stream import ChunkReader, ChunkWriter
 from app.core.catalogs import CatalogError
 from app.core.model import GalaxyModel
 from app.core.registry import Registry
-from app.painting.local import delta3_for, id_column_for, paint_frame, summary
+from app.painting.local import _dropped, delta3_for, id_column_for, paint_frame, summary
 from app.painting.spec import PaintSpec
 
 _WORKER_MODELS: dict[tuple, GalaxyModel] = {}
@@ -37,8 +37,9 @@ def _worker_model(registry_root: str, spec: PaintSpec) -> GalaxyModel:
 
 
 def _paint_part(spec: PaintSpec, start: int, stop: int, registry_root: str, part_file: str,
-                delta3: np.ndarray | None, meta: dict, ids_from: str | None, frame=None) -> int:
-    """Paint rows [start, stop) of the catalog (read here, or given as ``frame``) into ``part_file``."""
+                delta3: np.ndarray | None, meta: dict, ids_from: str | None, frame=None):
+    """Paint rows [start, stop) of the catalog (read here, or given as ``frame``) into ``part_file``;
+    returns (rows read, the listing of the rows dropped under on_invalid drop)."""
     if frame is not None:
         df = frame
     else:
@@ -47,11 +48,13 @@ def _paint_part(spec: PaintSpec, start: int, stop: int, registry_root: str, part
     if delta3 is not None:
         df["Delta3_h"] = delta3
     # ``start`` is the part's first row in the file, so row-number ids match the local engine's
-    painted, _ = paint_frame(df, _worker_model(registry_root, spec), start, spec.range_policy, spec.mode, ids_from)
-    with ChunkWriter(part_file, metadata=meta) as writer:
-        writer.write(painted)
-        writer.commit()
-    return len(painted)
+    painted, _, invalid = paint_frame(df, _worker_model(registry_root, spec), start, spec.on_invalid, spec.mode,
+                                      ids_from, with_invalid=True)
+    if len(painted):  # a part whose rows were all dropped writes no file
+        with ChunkWriter(part_file, metadata=meta) as writer:
+            writer.write(painted)
+            writer.commit()
+    return len(df), invalid
 
 
 def paint_dask(spec: PaintSpec, registry: Registry, progress: Callable[[int, int], None] | None = None) -> dict:
@@ -92,12 +95,18 @@ def paint_dask(spec: PaintSpec, registry: Registry, progress: Callable[[int, int
             else:
                 futures = [submit(i, a, b) for i, (a, b) in enumerate(ranges)]
             done = 0
+            invalid = []
             if progress:
                 progress(0, n)
             for fut in as_completed(futures):
-                done += fut.result()
+                rows, bad = fut.result()
+                done += rows
+                if len(bad):
+                    invalid.append(bad)
                 if progress:
                     progress(done, n)
+        # listed beside the directory (``<out>.invalid.csv``) before it is moved into place
+        extra = _dropped(spec, invalid, n, n - sum(int(b["row"].nunique()) for b in invalid))
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             os.replace(out, old / out.name)
@@ -111,4 +120,5 @@ def paint_dask(spec: PaintSpec, registry: Registry, progress: Callable[[int, int
     finally:
         if cluster is not None:
             cluster.close()
-    return summary(spec, n, str(out), time.perf_counter() - t0, [], parts=len(ranges))
+    return summary(spec, n - extra.get("dropped_rows", 0), str(out), time.perf_counter() - t0, [],
+                   parts=len(ranges), **extra)

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from app.core.catalog_stream import ChunkReader, ChunkWriter
-from app.core.catalogs import CatalogError, detect_format, validate
+from app.core.catalogs import CatalogError, detect_format, drop_invalid, validate, write_invalid
 from app.core.environment import delta3_slabs
 from app.core.model import MEAN, GalaxyModel, Mode, with_predictions
 from app.core.registry import Registry
@@ -33,29 +33,45 @@ from app.painting.spec import PaintSpec
 Progress = Callable[[int, int], None]
 
 
-def paint_frame(df, model: GalaxyModel, row_offset: int = 0, range_policy: str = "error", mode: Mode = MEAN,
-                id_column: str | None = None):
+def paint_frame(df, model: GalaxyModel, row_offset: int = 0, on_invalid: str = "error", mode: Mode = MEAN,
+                id_column: str | None = None, *, range_policy: str | None = None, with_invalid: bool = False):
     """One chunk: validate the features (errors name the rows, counted from the file start) and append
     the output columns (``<target>_pred``, or ``<target>_q<level>`` in quantiles mode).  Returns
-    (painted frame, warnings).
+    (painted frame, warnings), and with ``with_invalid`` also the listing of the rows dropped
+    (``app.core.catalogs.ValidationReport.invalid``: row numbers in the file).
 
-    Features outside the schema's valid ranges are refused (``range_policy="warn"``: reported and
-    painted), as ``galaxypaint predict`` and the HTTP API do; non-finite outputs are refused.  In sample
-    mode each halo's draw is keyed by its ``id_column`` value, or by its row number in the file
-    (``row_offset`` + its position in the chunk), so it does not depend on the chunking."""
+    Invalid features (non-finite, or outside the schema's valid ranges) are refused; under
+    ``on_invalid="warn"`` out-of-range ones are reported and painted, under ``"drop"`` invalid rows are
+    left out of the output and listed (``range_policy`` is the older name of ``on_invalid``), as
+    ``galaxypaint predict`` does; non-finite outputs are refused.  In sample mode each halo's draw is
+    keyed by its ``id_column`` value, or by its row number in the file (``row_offset`` + its position
+    in the chunk, counted before any row is dropped), so it does not depend on the chunking."""
+    policy = range_policy if range_policy is not None and on_invalid == "error" else on_invalid
     try:
-        report = validate(df, require=FEATURE_NAMES, range_policy=range_policy, check=FEATURE_NAMES)  # type: ignore[arg-type]
+        report = validate(df, require=FEATURE_NAMES, on_invalid=policy, check=FEATURE_NAMES,
+                          row_offset=row_offset)
     except CatalogError as exc:
-        raise CatalogError(f"rows {row_offset:,}-{row_offset + len(df) - 1:,}: {exc} "
-                           f"(row numbers within this chunk)") from None
-    x = df[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+        raise CatalogError(f"rows {row_offset:,}-{row_offset + len(df) - 1:,}: {exc}") from None
+    # ids before any row goes: a halo's row number is its place in the file, dropped rows included
     ids = halo_ids(df, id_column, row_offset) if mode.name == "sample" else None
-    values = model.predict(x, mode, ids)
-    for name, v in values.items():
-        bad = np.flatnonzero(~np.isfinite(v))
-        if len(bad):
-            raise CatalogError(f"row {row_offset + bad[0]:,}: the {name} prediction is not finite")
-    return with_predictions(df, values), report.warnings
+    if report.n_dropped:
+        keep = report.keep_mask()
+        df = drop_invalid(df, report)
+        ids = ids[keep] if ids is not None else None
+    if len(df) == 0:  # every row of this chunk was dropped: nothing to predict
+        painted = df
+    else:
+        x = df[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+        values = model.predict(x, mode, ids)
+        for name, v in values.items():
+            bad = np.flatnonzero(~np.isfinite(v))
+            if len(bad):
+                row = row_offset + (np.flatnonzero(report.keep_mask())[bad[0]] if report.n_dropped else bad[0])
+                raise CatalogError(f"row {row:,}: the {name} prediction is not finite")
+        painted = with_predictions(df, values)
+    if with_invalid:
+        return painted, report.warnings, report.invalid
+    return painted, report.warnings
 
 
 def halo_ids(df, id_column: str | None, row_offset: int) -> np.ndarray:
@@ -149,6 +165,7 @@ def paint_file(spec: PaintSpec, registry: Registry, progress: Progress | None = 
     t0 = time.perf_counter()
     model = GalaxyModel.from_pinned(registry, spec.pinned, spec.variant, spec.threads)
     warnings: list[str] = []
+    invalid = []  # the rows dropped (on_invalid drop), listed beside the output
     with ChunkReader(spec.catalog, spec.columns, max_bytes=spec.max_bytes) as reader:
         if reader.n_rows == 0:
             raise CatalogError(f"{spec.catalog} has no rows")
@@ -160,13 +177,36 @@ def paint_file(spec: PaintSpec, registry: Registry, progress: Progress | None = 
             for start, chunk in reader.chunks(spec.chunk_rows):
                 if d3 is not None:
                     chunk["Delta3_h"] = d3[start:start + len(chunk)]
-                painted, warn = paint_frame(chunk, model, start, spec.range_policy, spec.mode, ids_from)
+                painted, warn, bad = paint_frame(chunk, model, start, spec.on_invalid, spec.mode, ids_from,
+                                                 with_invalid=True)
                 warnings += warn[:3]
-                writer.write(painted)
+                if len(bad):
+                    invalid.append(bad)
+                if len(painted):  # a chunk whose rows were all dropped writes nothing
+                    writer.write(painted)
                 if progress:
                     progress(start + len(chunk), reader.n_rows)
+            extra = _dropped(spec, invalid, reader.n_rows, writer.rows)
             written = writer.commit()
-    return summary(spec, reader.n_rows, str(written), time.perf_counter() - t0, warnings)
+    return summary(spec, writer.rows, str(written), time.perf_counter() - t0, warnings, **extra)
+
+
+def _dropped(spec: PaintSpec, invalid: list, n_rows: int, n_written: int) -> dict:
+    """Under ``on_invalid="drop"``: list the dropped rows beside the output (written before the output is
+    committed, so a painted file never stands without its listing) and say how many; refuse when no
+    row is left."""
+    if spec.on_invalid != "drop":
+        return {}
+    import pandas as pd
+
+    from app.core.catalogs import INVALID_COLUMNS
+
+    listing = pd.concat(invalid, ignore_index=True) if invalid else pd.DataFrame(columns=list(INVALID_COLUMNS))
+    dropped = int(listing["row"].nunique()) if len(listing) else 0
+    if n_written == 0:
+        raise CatalogError(f"every row of {spec.catalog} is invalid ({dropped:,} rows): nothing to paint")
+    path = write_invalid(listing, spec.out)
+    return {"rows_in": n_rows, "dropped_rows": dropped, "invalid_file": str(path)}
 
 
 def summary(spec: PaintSpec, rows: int, output: str, seconds: float, warnings: list[str], **extra) -> dict:

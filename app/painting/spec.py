@@ -3,7 +3,8 @@
 A spec names the catalog and the output, how the catalog's columns map onto the schema, which
 models (pinned versions, resolved once when the spec is made), the mode (mean, sample with its seed,
 quantiles with their levels: ``app.core.model.Mode``), which column identifies a halo, the engine,
-the chunking, and what to do with features outside the schema's valid ranges.  ``provenance()`` is
+the chunking, and what to do with invalid rows (``on_invalid``: refuse, warn, or drop and list them
+in ``<out>.invalid.csv``; ``app.core.catalogs.ON_INVALID``).  ``provenance()`` is
 what a painted file records about how it was made.
 """
 
@@ -14,12 +15,12 @@ from pathlib import Path
 from typing import Literal
 
 from app import __version__
-from app.core.catalogs import CatalogError, parse_column_mapping
+from app.core.catalogs import CatalogError, check_on_invalid, parse_column_mapping
 from app.core.model import MEAN, Mode, resolve
 from app.core.registry import Registry
 
 Engine = Literal["local", "dask"]
-RangePolicy = Literal["error", "warn"]
+OnInvalid = Literal["error", "warn", "drop"]
 DEFAULT_CHUNK_ROWS = 1 << 18
 
 
@@ -36,7 +37,8 @@ class PaintSpec:
     id_column: str | None = None
     engine: Engine = "local"
     chunk_rows: int = DEFAULT_CHUNK_ROWS
-    range_policy: RangePolicy = "error"
+    #: invalid rows (non-finite or outside the schema's valid ranges): error, warn or drop
+    on_invalid: OnInvalid = "error"
     compute_delta3: bool = False
     box: float | None = None  # periodic box side [Mpc/h], needed to compute Delta3_h
     threads: int = 0  # onnxruntime threads per session (0: the CPUs this process may use)
@@ -51,11 +53,20 @@ class PaintSpec:
             raise CatalogError("computing Delta3_h needs the periodic box size (--box, Mpc/h)")
         if not self.pinned:
             raise CatalogError("a paint spec needs pinned models (PaintSpec.create resolves them)")
+        if check_on_invalid(self.on_invalid) == "ignore":
+            raise CatalogError("on_invalid must be one of error, warn, drop")
+
+    @property
+    def range_policy(self) -> str:
+        """The older name of ``on_invalid`` (read by callers written before it)."""
+        return self.on_invalid
 
     @classmethod
     def create(cls, registry: Registry, catalog: str | Path, out: str | Path, *, targets=None, model: str | None = None,
                variant: str = "raw", columns: str | dict | None = None, **options) -> "PaintSpec":
         """A spec whose models are resolved now (``model``: alias, version or reference) and pinned."""
+        if "range_policy" in options:  # the older name of on_invalid
+            options.setdefault("on_invalid", options.pop("range_policy"))
         versions = resolve(registry, targets, variant, model, options.get("mode", MEAN))
         pinned = tuple({"target": t, "name": mv.name, "version": mv.version, "sha256": mv.sha256}
                        for t, mv in versions.items())
@@ -76,4 +87,5 @@ class PaintSpec:
                             "distortions)",
                 "source": str(self.catalog),
                 "delta3": "computed (3 Mpc/h, haloes as tracers)" if self.compute_delta3 else "input",
+                "on_invalid": self.on_invalid,
                 "galaxypaint": __version__}

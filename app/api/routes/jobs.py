@@ -22,7 +22,7 @@ from app.api.errors import responses
 from app.api.observability import audit
 from app.api.schemas import JobInfo, JobPage, PkJobRequest
 from app.core.catalog_inspect import inspect_catalog_isolated
-from app.core.catalogs import CatalogError, detect_format, parse_column_mapping
+from app.core.catalogs import ON_INVALID, CatalogError, detect_format, parse_column_mapping
 from app.api.dataplane import VARIANTS, DataPlaneError, request_mode
 from app.api.jobs import FINAL, STATUSES, JobError, job_dir
 from app.core.schema import TARGET_NAMES
@@ -32,7 +32,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 # subprocess work never blocks the event loop.
 
 OUTPUT_FORMATS = ("parquet", "hdf5", "csv")
-RESULT_PARTS = ("file", "figure", "csv", "summary_csv")
+RESULT_PARTS = ("file", "figure", "csv", "summary_csv", "invalid")  # invalid: a paint job's dropped rows
 _JOB_ID = re.compile(r"^job-[0-9a-f]{12}$")
 _MAX_PATH = 1024
 
@@ -129,7 +129,11 @@ def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, store:
                                                              "levels (mode quantiles only; default 16,50,84)")] = None,
                        id_column: Annotated[str | None, Form(max_length=256, description="integer column keying each "
                                                              "halo's draw (default: ID if present, else the row "
-                                                             "number in the file)")] = None
+                                                             "number in the file)")] = None,
+                       on_invalid: Annotated[str | None, Form(max_length=16, description="invalid rows (non-finite or "
+                                                              "outside the schema's valid ranges): error (default), "
+                                                              "warn (keep out-of-range values) or drop (listed in "
+                                                              "<output>.invalid.csv)")] = None
                        ) -> dict:
     if (file is None) == (catalog is None):
         raise HTTPException(422, "file: give exactly one of 'file' (an upload) or 'catalog' (a server-side path)")
@@ -144,6 +148,9 @@ def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, store:
         raise HTTPException(422, f"columns: {exc}") from None
     if id_column is not None and not id_column.strip():
         id_column = None
+    on_invalid = on_invalid or "error"
+    if on_invalid not in ON_INVALID:
+        raise HTTPException(422, f"on_invalid: {on_invalid!r} is not one of {', '.join(ON_INVALID)}")
     try:  # the job is pinned to the versions accepted now: a later alias move does not change its output
         run_mode = request_mode(mode or None, seed, quantiles or None)
         versions = store.resolve(_targets(targets), variant, model, run_mode)
@@ -151,7 +158,8 @@ def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, store:
         raise HTTPException(exc.status, f"{exc.field or 'model'}: {exc}") from None
     pinned = [{"target": t, "name": mv.name, "version": mv.version, "sha256": mv.sha256} for t, mv in versions.items()]
     params = {"variant": variant, "targets": list(versions), "model": model, "models": pinned, "columns": mapping,
-              "output_format": output_format, **run_mode.describe(), "id_column": id_column}
+              "output_format": output_format, **run_mode.describe(), "id_column": id_column,
+              "on_invalid": on_invalid}
     job_id = f"job-{uuid.uuid4().hex[:12]}"
     if catalog is not None:
         source = _inside_data_dir(settings, catalog, "catalog")
@@ -269,7 +277,9 @@ def get_job(job_id: str, jobs: JobsDep, settings: SettingsDep, _: SubmitDep) -> 
     200: {"content": {"application/octet-stream": {}}, "description": "the result file"},
     **responses(401, 403, 404, 409, 410)})
 def get_result(job_id: str, jobs: JobsDep, settings: SettingsDep, _: SubmitDep,
-               part: Annotated[str, Query(description="file, figure or csv")] = "file") -> FileResponse:
+               part: Annotated[str, Query(description="file, figure, csv, summary_csv or invalid (the rows "
+                                                       "a paint job dropped with on_invalid=drop)")] = "file",
+               ) -> FileResponse:
     job = _job(jobs, job_id)
     if part not in RESULT_PARTS:
         raise HTTPException(422, f"part: one of {', '.join(RESULT_PARTS)}")
