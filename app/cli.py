@@ -189,8 +189,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     def progress(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
+    from training.native_logs import quiet_native_logs
+
     try:
-        summary = run_training(df, registry, cfg, progress)
+        with quiet_native_logs(not args.verbose):  # TensorFlow's native banner lines, unless --verbose
+            summary = run_training(df, registry, cfg, progress)
     except TrainingError as exc:
         raise UserError(str(exc)) from None
     print(format_table(summary))
@@ -302,13 +305,32 @@ def _mode(args: argparse.Namespace):
     return Mode(args.mode, args.seed or 0, args.quantiles if args.quantiles is not None else DEFAULT_QUANTILE_LEVELS)
 
 
+def _remote_client(args: argparse.Namespace, refused: dict[str, bool]):
+    """The ``app.client.Client`` of ``--server`` (``--token``, else the usual token discovery); local-only
+    options given with it are refused in one line."""
+    from app.client import Client
+
+    given = [name for name, used in refused.items() if used]
+    if given:
+        raise UserError(f"{', '.join(given)}: not available with --server (the server uses its own registry and "
+                        "engine)")
+    return Client(args.server, token=args.token, progress=True)
+
+
+def _remote_error(exc: Exception) -> UserError:
+    return UserError(f"server {exc}")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from app.core.model import GalaxyModel, predict_table
     from app.painting.local import frame_ids
 
     detect_format(args.out)
     mode = _mode(args)
+    if args.token and not args.server:
+        raise UserError("--token is for --server (a local prediction needs no token)")
     targets = _csv_list(args.targets, TARGET_NAMES, "target") if args.targets else None
+    client = _remote_client(args, {"--registry": bool(args.registry)}) if args.server else None
     df, report = load_catalog(args.data, require=FEATURE_NAMES, mapping=args.columns, on_invalid=_on_invalid(args))
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -318,12 +340,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
         import numpy as np
 
         ids = np.flatnonzero(report.keep_mask())  # a halo's row number in the file, dropped rows counted
-    model = GalaxyModel.from_registry(_registry(args), variant=args.variant, targets=targets, model=args.model,
-                                      mode=mode)
     t0 = time.perf_counter()
-    out = predict_table(df, model, progress=_progress_bar("predicting", "halo"), mode=mode, ids=ids)
+    if client is not None:  # --server: the table is read and checked here, predicted by the service
+        from app.client import GalaxypaintError
+
+        try:
+            with client:
+                out = client.predict(df, targets=targets, model=args.model, mode=mode.name, seed=args.seed,
+                                     quantiles=args.quantiles, ids=ids, variant=args.variant)
+        except GalaxypaintError as exc:
+            raise _remote_error(exc) from None
+        provenance: dict = {"server": args.server}
+        used = f"the service at {args.server}"
+    else:
+        model = GalaxyModel.from_registry(_registry(args), variant=args.variant, targets=targets, model=args.model,
+                                          mode=mode)
+        out = predict_table(df, model, progress=_progress_bar("predicting", "halo"), mode=mode, ids=ids)
+        provenance = {"models": model.pinned()}
+        used = ", ".join(dict.fromkeys(f"{d['name']}/{d['version']}" for d in model.pinned()))
     elapsed = time.perf_counter() - t0
-    path = write_table(out, args.out, metadata={"kind": "prediction", "models": model.pinned(),
+    path = write_table(out, args.out, metadata={"kind": "prediction", **provenance,
                                                  "variant": args.variant, **mode.describe(),
                                                  "id_column": id_col or "row number in the input file",
                                                  "on_invalid": _on_invalid(args), "galaxypaint": __version__})
@@ -332,9 +368,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         listing = write_invalid(report.invalid, path)
         print(f"dropped {report.n_dropped:,} invalid rows of {report.n_rows:,}; listed in {listing}")
-    used = ", ".join(dict.fromkeys(f"{d['name']}/{d['version']}" for d in model.pinned()))
     print(f"predicted {len(df):,} halos in {elapsed:.2f} s ({len(df) / max(elapsed, 1e-9):,.0f} halos/s) with {used}; "
           f"wrote {path}")
+    return 0
+
+
+def _paint_remote(args: argparse.Namespace) -> int:
+    """``galaxypaint paint --server URL``: the catalog is uploaded as a paint job, the result downloaded."""
+    from app.client import GalaxypaintError
+
+    detect_format(args.out)
+    _mode(args)  # the same option checks as locally
+    targets = list(_csv_list(args.targets, TARGET_NAMES, "target")) if args.targets else None
+    client = _remote_client(args, {"--registry": bool(args.registry), "--compute-delta3": args.compute_delta3,
+                                   "--box": args.box is not None, "--engine": args.engine != "local",
+                                   "--scheduler": bool(args.scheduler), "--dask-workers": args.dask_workers != 2,
+                                   "--chunk-rows": args.chunk_rows != 1 << 18})
+    t0 = time.perf_counter()
+    try:
+        with client:
+            path = client.paint(args.catalog, out=args.out, targets=targets, model=args.model, variant=args.variant,
+                                columns=args.columns, mode=args.mode, seed=args.seed, quantiles=args.quantiles,
+                                id_column=args.id_column, on_invalid=_on_invalid(args))
+    except GalaxypaintError as exc:
+        raise _remote_error(exc) from None
+    print(f"painted {args.catalog} in {time.perf_counter() - t0:.1f} s through {args.server}; wrote {path}")
     return 0
 
 
@@ -514,6 +572,10 @@ def cmd_paint(args: argparse.Namespace) -> int:
     from app.painting.local import paint
     from app.painting.spec import PaintSpec
 
+    if args.token and not args.server:
+        raise UserError("--token is for --server (local painting needs no token)")
+    if args.server:
+        return _paint_remote(args)
     if args.chunk_rows < 1:
         raise UserError("--chunk-rows must be positive")
     if args.compute_delta3 and not args.box:
@@ -597,6 +659,13 @@ def _mode_options(p: argparse.ArgumentParser) -> None:
                    "halo's row number in the input file)")
 
 
+def _server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", metavar="URL", help="run through a galaxypaint service (galaxypaint serve) at URL "
+                   "instead of the local registry")
+    p.add_argument("--token", help="--server: bearer token (default: $GALAXYPAINT_API_TOKEN, "
+                   "$GALAXYPAINT_ADMIN_TOKEN, then the server's token file in $GALAXYPAINT_DATA_DIR)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="galaxypaint", description=(
         "Learn, serve and paint the halo-galaxy connection (de Santi et al. 2022)."))
@@ -661,6 +730,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "within this many percent of the full stack's (default 0.25)")
     p.add_argument("--no-sampler", action="store_true", help="do not fit the joint sampler (fitted by default on "
                    "the raw path when all four targets are trained; needed by --mode sample/quantiles)")
+    p.add_argument("--verbose", action="store_true", help="also show TensorFlow's native log lines (hidden by "
+                                                          "default: they are not about your run)")
     p.add_argument("--no-report", action="store_true", help="do not store the run's report figures and tables "
                                                             "in the registry")
     p.add_argument("--ignore-split", action="store_true", help="ignore the table's split column and re-split with "
@@ -706,6 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     _invalid_options(p)
     p.add_argument("--registry", help=reg_help)
     _mode_options(p)
+    _server_options(p)
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("pk", help="power spectra of predicted vs true galaxy populations (paper Fig. 9)",
                        description="Split galaxies in two bins per property and compare the P(k) of the "
@@ -753,6 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", help="Dask scheduler address (default: a LocalCluster)")
     p.add_argument("--dask-workers", type=int, default=2, help="LocalCluster workers (default 2)")
     _mode_options(p)
+    _server_options(p)
     p.set_defaults(func=cmd_paint)
 
     p = sub.add_parser("serve", help="run the HTTP service (FastAPI + uvicorn; OpenAPI at /docs)",

@@ -47,6 +47,7 @@ def test_train_cli_registers_stacks_and_writes_metrics(trained):
     assert f"registered {10 + n_selected + n_galaxy} model versions" in res.stdout
     assert "one graph for every target (raw): paper stacks" in res.stdout
     assert "fitting nn" in res.stderr and "epoch" in res.stderr  # progress is shown
+    assert "oneDNN" not in res.stderr and "absl::InitializeLog" not in res.stderr  # TensorFlow's native banner
     assert metrics["seed"] == 5 and metrics["split"] == {"train": 1920, "val": 480, "test": 1600}
     smass = metrics["results"]["smass"]["raw"]
     for kind in ("ert", "knn", "lgbm", "nn"):
