@@ -10,14 +10,14 @@ ARG PYTHON=3.11
 
 FROM python:${PYTHON}-slim AS builder
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY app ./app
 COPY training ./training
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
-    && /opt/venv/bin/pip install --no-cache-dir .
+    && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt .
 
 FROM builder AS trainer
-RUN /opt/venv/bin/pip install --no-cache-dir ".[train]"
+RUN /opt/venv/bin/pip install --no-cache-dir -c constraints.txt ".[train]"
 COPY docker/entrypoint.sh /usr/local/bin/galaxypaint-entrypoint
 RUN useradd --create-home --uid 10001 galaxypaint && mkdir -p /srv/galaxypaint/models /srv/galaxypaint/data \
     && chown -R galaxypaint /srv/galaxypaint
