@@ -35,7 +35,7 @@ INPUT_NAME = "halo_features"
 SAMPLER_OUTPUTS: tuple[str, str, str] = ("weights", "means", "chol")
 SAMPLER_KIND = "sampler"
 #: a training run's multi-target graph: every target's stack (one output per target, named by it), one scaler
-#: and one kNN search shared, and the joint sampler's outputs on the raw path (``training.galaxy_graph``)
+#: and one kNN search shared (``training.galaxy_graph``); the joint sampler stays its own graph
 GALAXY_KIND = "galaxy"
 
 
@@ -55,6 +55,8 @@ def fused_graphs_enabled() -> bool:
     ``GALAXYPAINT_FUSED_GRAPHS`` is 0/false/no/off (a fallback to the per-target graphs, inherited by
     Dask workers and job processes; the painting benchmark compares both)."""
     return os.environ.get("GALAXYPAINT_FUSED_GRAPHS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 MODES: tuple[str, ...] = ("mean", "sample", "quantiles")
 #: rows per sampler call: its outputs hold ~K (1 + D + D^2) doubles per halo (~1 kB at K = 8)
 SAMPLER_BATCH_ROWS = 16384
