@@ -173,38 +173,6 @@ def test_own_rows_and_scalers_share_nothing_but_still_make_one_graph(run):
         gg.check_galaxy_graph_fidelity(blob, probes, {"radius": np.zeros(len(probes))})
 
 
-def test_the_joint_sampler_reads_the_shared_standardized_features(run):
-    from training.sampler import MixtureDensityNetwork, check_sampler_fidelity, sampler_graph
-
-    stacks, x_te, _ = run
-    scaler = stacks[0].scaler
-    knn = stacks[0].members["knn"]
-    x_raw = scaler.mean + knn.X_fit_ * scaler.scale
-    ys = np.column_stack([st.members["knn"].y_fit_ for st in stacks])
-    mdn = MixtureDensityNetwork(n_components=2, width=8, max_epochs=2, feature_mean=scaler.mean,
-                                feature_scale=scaler.scale, random_state=0).fit(x_raw[:2000], ys[:2000],
-                                                                                x_raw[2000:], ys[2000:])
-    sampler = sampler_graph(mdn)
-    blob = gg.build_galaxy_graph(stacks, "raw", sampler=sampler)
-    sess = _session(blob)
-    assert [o.name for o in sess.get_outputs()] == [*KNN, "weights", "means", "chol"]
-    meta = sess.get_modelmeta().custom_metadata_map
-    assert json.loads(meta["sampler"])["standardization"] == "shared (scaled)"
-    assert int(meta["max_batch_rows"]) == gg.SAMPLER_MAX_BATCH_ROWS
-    model = onnx.load_from_string(blob)
-    assert sum(n.op_type == "Sub" and n.input[0] == ox.INPUT_NAME for n in model.graph.node) == 1
-    want = dict(zip(("weights", "means", "chol"), mdn.distribution(x_te)))  # standardizes by itself
-    assert max(gg.check_galaxy_graph_fidelity(blob, x_te, want, tol=1e-12).values()) <= 1e-12
-    assert check_sampler_fidelity(sampler, mdn, x_te, tol=1e-12) <= 1e-12
-    # a sampler with a standardization of its own keeps its own scaler nodes
-    other = sampler_graph(mdn, feature_mean=np.zeros(5), feature_scale=np.ones(5))
-    blob2 = gg.build_galaxy_graph(stacks[:1], "raw", sampler=other)
-    assert json.loads(_session(blob2).get_modelmeta().custom_metadata_map["sampler"])["standardization"] == \
-        "own scaler nodes"
-    want2 = dict(zip(("weights", "means", "chol"), mdn.distribution(x_te)))
-    assert max(gg.check_galaxy_graph_fidelity(blob2, x_te, want2, tol=1e-12).values()) <= 1e-12
-
-
 def test_rejects_repeated_targets_and_wrong_coefficients(run):
     stacks, _, _ = run
     with pytest.raises(ValueError, match="one stack per target"):

@@ -17,10 +17,9 @@ holds every target's stack once and shares what is the same:
 Input ``halo_features`` double [N, 5], schema units and order (``app.core.schema.FEATURE_NAMES``), as
 every graph of the project.  Outputs: one double tensor **[N, 1]** per target, named by the target
 (``smass`` log10 Msun/h, ``sSFR`` log10 h/yr, ``radius`` log10 kpc/h, ``color`` mag: the units of
-``app.core.schema.COLUMNS``), the same shape as the per-target graphs' ``prediction``.  Optionally
-the joint sampler's ``weights`` [N, K], ``means`` [N, K, D] and ``chol`` [N, K, D, D]
-(``training.sampler.sampler_graph``), reading the shared standardized features when its own
-standardization is bitwise the same scaler (the pipeline fits it so), else through its own nodes.
+``app.core.schema.COLUMNS``), the same shape as the per-target graphs' ``prediction``.  The joint
+sampler stays its own graph: onnxruntime runs every node of a graph whatever outputs are asked for, so
+inside this one it would cost mean mode its mixture and sample mode every stack.
 
 The shared search gives the same neighbours as each target's own search; the means are summed in
 another order, so outputs agree with the per-target graphs to ~1e-15, not bit for bit.
@@ -44,11 +43,6 @@ from training.estimators import KNNRegressor
 
 if TYPE_CHECKING:
     from training.pipeline import Scaler, Stack, TargetResult
-
-#: rows per call the sampler part is checked and served with (as the pipeline registers the sampler)
-SAMPLER_MAX_BATCH_ROWS = 16384
-#: the sampler graph's outputs (``training.sampler.OUTPUT_NAMES``)
-SAMPLER_OUTPUTS = ("weights", "means", "chol")
 
 
 @dataclass
@@ -96,9 +90,9 @@ class _Search:
     columns: list[tuple[str, int, np.ndarray]]  # (target, k, y [n])
 
 
-def _scaler_inputs(stacks: Sequence[TargetStack]) -> tuple[list, list, list[str], list[tuple[np.ndarray, np.ndarray]]]:
-    """Scaler nodes, one set per distinct (mean, scale); the standardized tensor of each stack, and
-    the distinct (mean, scale) pairs in the order of their tensors ``scaled``, ``scaled_1``, ..."""
+def _scaler_inputs(stacks: Sequence[TargetStack]) -> tuple[list, list, list[str]]:
+    """Scaler nodes, one set per distinct (mean, scale), and the standardized tensor of each stack
+    (``scaled``, ``scaled_1``, ... in the order the distinct scalers appear)."""
     nodes: list = []
     inits: list = []
     names: list[str] = []
@@ -114,7 +108,7 @@ def _scaler_inputs(stacks: Sequence[TargetStack]) -> tuple[list, list, list[str]
             nodes += n
             inits += i
         names.append(_scaled_name(idx))
-    return nodes, inits, names, seen
+    return nodes, inits, names
 
 
 def _scaled_name(idx: int) -> str:
@@ -153,55 +147,14 @@ def _search_nodes(i: int, search: _Search) -> tuple[list, list]:
     return nodes, inits
 
 
-def _sampler_part(sampler: bytes, scalers: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list, list, list, str]:
-    """The sampler graph's nodes and initializers, names prefixed ``mdn_``, reading ``halo_features``
-    and writing ``weights``/``means``/``chol``.  Its standardization (Sub ``scaler_mean``, Div
-    ``scaler_scale`` straight from the input) is replaced by the shared ``scaled`` tensor when it is
-    bitwise the same; a graph with a pre-standardization (``pre_`` nodes) keeps its own.  Returns
-    (nodes, initializers, output value infos, how the features are standardized)."""
-    from onnx import compose
-
-    model = compose.add_prefix(onnx.load_from_string(sampler), "mdn_")
-    g = model.graph
-    rename = {f"mdn_{ox.INPUT_NAME}": ox.INPUT_NAME, **{f"mdn_{o}": o for o in SAMPLER_OUTPUTS}}
-    inits = {t.name: t for t in g.initializer}
-    by_output = {o: n for n in g.node for o in n.output}
-    div, how = by_output.get("mdn_scaled"), "own scaler nodes"
-    sub = by_output.get(div.input[0]) if div is not None and div.op_type == "Div" else None
-    if sub is not None and sub.op_type == "Sub" and sub.input[0] == f"mdn_{ox.INPUT_NAME}":
-        mean, scale = (numpy_helper.to_array(inits[n]) if n in inits else None for n in (sub.input[1], div.input[1]))
-        shared = next((i for i, (m, s) in enumerate(scalers)
-                       if mean is not None and scale is not None and _same(m, mean) and _same(s, scale)), None)
-        if shared is not None:
-            rename["mdn_scaled"] = _scaled_name(shared)
-            how = f"shared ({_scaled_name(shared)})"
-            drop = {id(div), id(sub)}
-            kept = [n for n in g.node if id(n) not in drop]
-            used = {i for n in kept for i in n.input}
-            g.ClearField("node")
-            g.node.extend(kept)
-            keep_inits = [t for t in inits.values() if t.name in used]
-            g.ClearField("initializer")
-            g.initializer.extend(keep_inits)
-    for n in g.node:
-        for seq in (n.input, n.output):
-            for j, name in enumerate(seq):
-                seq[j] = rename.get(name, name)
-    outputs = [helper.make_tensor_value_info(rename[o.name], TensorProto.DOUBLE,
-                                             [d.dim_value or d.dim_param or None for d in o.type.tensor_type.shape.dim])
-               for o in g.output]
-    return list(g.node), list(g.initializer), outputs, how
-
-
-def build_galaxy_graph(stacks: Sequence[TargetStack], path: str, *, sampler: bytes | None = None,
+def build_galaxy_graph(stacks: Sequence[TargetStack], path: str, *,
                        metadata: Mapping[str, Any] | None = None) -> bytes:
     """ONE graph: ``halo_features`` double [N, 5] (schema units) -> one double [N, 1] output per target,
-    named by the target (in its schema unit), plus ``weights``/``means``/``chol`` if ``sampler`` (the
-    bytes of ``training.sampler.sampler_graph``) is given.
+    named by the target (in its schema unit).
 
     ``stacks`` are the targets of one training run and ``path`` (targets distinct).  Metadata:
     ``kind`` = "galaxy", ``targets``, ``units`` (target -> unit), ``components`` (target -> member
-    kinds in stack order), ``path``, ``max_batch_rows`` (the smallest over members and the sampler),
+    kinds in stack order), ``path``, ``max_batch_rows`` (the smallest over the members),
     ``knn_searches`` (per search: p, training rows, [target, k] pairs), ``feature_order``, and
     ``metadata`` (e.g. ``training_domain``, ``seed``).
     """
@@ -211,7 +164,7 @@ def build_galaxy_graph(stacks: Sequence[TargetStack], path: str, *, sampler: byt
     for st in stacks:
         if len(st.coef) != len(st.members):
             raise ValueError(f"{st.target}: {len(st.coef)} stack coefficients for {len(st.members)} members")
-    nodes, inits, scaled, scalers = _scaler_inputs(stacks)
+    nodes, inits, scaled = _scaler_inputs(stacks)
     searches = _group_searches(stacks, scaled)
     for i, search in enumerate(searches):
         n, ini = _search_nodes(i, search)
@@ -230,21 +183,13 @@ def build_galaxy_graph(stacks: Sequence[TargetStack], path: str, *, sampler: byt
         inits += ini
         outputs.append(helper.make_tensor_value_info(t, TensorProto.DOUBLE, [None, 1]))
     max_batch = min(est.max_batch_rows for st in stacks for est in st.members.values())
-    sampler_info: dict[str, Any] = {}
-    if sampler is not None:
-        n, ini, value_infos, how = _sampler_part(sampler, scalers)
-        nodes += n
-        inits += ini
-        outputs += value_infos
-        sampler_info = {"outputs": [v.name for v in value_infos], "standardization": how}
-        max_batch = min(max_batch, SAMPLER_MAX_BATCH_ROWS)
     meta: dict[str, Any] = {
         "kind": "galaxy", "path": path, "targets": targets,
         "units": {t: COLUMNS[t].unit if t in COLUMNS else "" for t in targets},
         "components": {st.target: list(st.members) for st in stacks},
         "max_batch_rows": max_batch, "feature_order": list(FEATURE_NAMES),
         "knn_searches": [{"p": s.p, "rows": len(s.x), "columns": [[t, k] for t, k, _ in s.columns]} for s in searches],
-        **({"sampler": sampler_info} if sampler is not None else {}), **(metadata or {})}
+        **(metadata or {})}
     graph = helper.make_graph(nodes, f"galaxy-{path}", [helper.make_tensor_value_info(
         ox.INPUT_NAME, TensorProto.DOUBLE, [None, len(FEATURE_NAMES)])], outputs, inits)
     model = helper.make_model(graph, producer_name="galaxypaint", opset_imports=[
@@ -282,7 +227,7 @@ def run_galaxy_graph(session, x_raw: np.ndarray, batch: int) -> dict[str, np.nda
 def check_galaxy_graph_fidelity(graph_bytes: bytes, x_raw: np.ndarray, expected: Mapping[str, np.ndarray],
                                 tol: float = 1e-4, batch: int | None = None) -> dict[str, float]:
     """Run the graph with onnxruntime on ``x_raw`` [N, 5] (schema units) and compare each output named
-    in ``expected`` (target -> native stack predictions [N]; sampler outputs as arrays) with it.
+    in ``expected`` (target -> native stack predictions [N]) with it.
     Returns output -> max |ONNX - expected|; raises ``training.onnx_export.FidelityError`` when one
     exceeds ``tol`` or an expected output is missing.  ``batch`` defaults to the graph's
     ``max_batch_rows``."""
