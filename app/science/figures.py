@@ -53,6 +53,8 @@ def _panels(plt, items):
 def _style_panel(ax, axr, item, first_column: bool, lower_label: str) -> None:
     """What both Fig. 9 variants share: log k (and log P above), the bin as title, axis labels on the
     outer panels."""
+    from matplotlib.ticker import NullFormatter
+
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.tick_params(labelbottom=False, labelsize=8)
@@ -60,6 +62,8 @@ def _style_panel(ax, axr, item, first_column: bool, lower_label: str) -> None:
     axr.set_xscale("log")
     axr.tick_params(labelsize=8)
     axr.set_xlabel(r"$k\ [h/\mathrm{Mpc}]$", fontsize=9)
+    for a in (ax, axr):  # a narrow k range labels every minor tick, over the panel below
+        a.xaxis.set_minor_formatter(NullFormatter())
     if first_column:
         ax.set_ylabel(r"$P(k)\ [(\mathrm{Mpc}/h)^3]$", fontsize=9)
         axr.set_ylabel(lower_label, fontsize=9)
@@ -116,8 +120,6 @@ def plot_sampled_clustering(ensemble: Sequence, means: Sequence[BinComparison] |
     band <P_s> ± 1 sd of S sampled catalogs (``ensemble``: ``app.science.populations.EnsembleBin``s);
     below, each spectrum over the true one.  The k bins above the statistics' kmax are shaded."""
     plt = _pyplot()
-    from matplotlib.ticker import NullFormatter
-
     means_by = {(r.target, r.bin): r for r in (means or ())}
     fig, panels = _panels(plt, ensemble)
     for j, e, ax, axr in panels:
@@ -153,6 +155,5 @@ def plot_sampled_clustering(ensemble: Sequence, means: Sequence[BinComparison] |
             if e.kmax < xlim[1]:
                 a.axvspan(e.kmax, xlim[1], color="0.92", zorder=0)
             a.set_xlim(xlim)
-            a.xaxis.set_minor_formatter(NullFormatter())  # a narrow k range labels every minor tick
     return _save(plt, fig, out, title, fmt)
 
