@@ -95,3 +95,29 @@ def test_entrypoint_serves_from_a_serving_only_install(tmp_path, trained):
     assert server.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in log, log[-2000:]
     bad = subprocess.run(["sh", str(ENTRYPOINT), "healthcheck"], env=env, capture_output=True)
     assert bad.returncode != 0  # nothing listens any more
+
+
+def test_pip_mounts_writes_the_effective_configuration_and_lists_its_local_paths(tmp_path):
+    """docker/test-image.sh gives the image build pip's configuration: variables win over files,
+    a file:// index is mounted from its root (its pages link to ../../files), missing paths are not."""
+    index = tmp_path / "pypi" / "simple"
+    index.mkdir(parents=True)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    conf = tmp_path / "user.conf"
+    conf.write_text(f"[global]\nextra-index-url = file://{index} file://{tmp_path / 'gone'}/simple\n"
+                    f"find-links = {tmp_path / 'not-this'}\ntimeout = 7\n")
+    env = {**os.environ, "PIP_CONFIG_FILE": str(conf), "PIP_FIND_LINKS": str(wheels)}
+    out = tmp_path / "pip.conf"
+    res = subprocess.run([sys.executable, str(ROOT / "docker" / "pip_mounts.py"), str(out)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    paths = res.stdout.split()
+    assert str(tmp_path / "pypi") in paths and str(wheels) in paths
+    assert not any("gone" in p or "not-this" in p or p == str(index) for p in paths)
+    import configparser
+
+    parsed = configparser.ConfigParser()
+    parsed.read(out)
+    assert parsed["global"]["find-links"] == str(wheels)  # the variable, not the file's value
+    assert parsed["global"]["timeout"] == "7" and str(index) in parsed["global"]["extra-index-url"]
