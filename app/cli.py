@@ -68,6 +68,39 @@ def _invalid_options(p: argparse.ArgumentParser) -> None:
                    "column; value; problem), or for train in the run's registry record")
 
 
+def _preset_options(p: argparse.ArgumentParser, training: bool = False) -> None:
+    from app.core.column_presets import PRESET_NAMES
+
+    if training:  # the only catalogs with the galaxy properties training needs
+        p.add_argument("--preset-columns", choices=("tng",),
+                       help="tng: a flat table of IllustrisTNG group catalog fields (Group_M_Crit200, "
+                            "SubhaloSpin_0..2, GroupPos_0..2, SubhaloMassType_4, SubhaloSFR, ...), converted to the "
+                            "schema's columns and units as ingest-tng converts them, galaxy properties included; "
+                            "C_h, z_h and Delta3_h, which group catalogs lack, come with --columns NAME=SOURCE")
+        return
+    p.add_argument("--preset-columns", choices=PRESET_NAMES, metavar="|".join(PRESET_NAMES),
+                   help="the catalog's own column conventions, converted to the schema's columns and units: "
+                        "rockstar (Mvir, Rvir, Rs, spin_bullock, X, Y, Z), consistent-trees (hlist headers: "
+                        "#scale(0) ... mvir(10) rvir(11) rs(12) x(17) ... Spin_Bullock, Halfmass_Scale; the (N) "
+                        "suffixes and # are ignored) or tng (IllustrisTNG group catalog fields as ingest-tng reads "
+                        "them: Group_M_Crit200, Group_R_Crit200, SubhaloSpin_0..2, GroupPos_0..2, ...); "
+                        "--columns NAME=SOURCE wins for the columns it names (e.g. Delta3_h, which no preset has); "
+                        "see the README's table of presets")
+
+
+def _preset_warning(args: argparse.Namespace) -> dict:
+    """The metadata of ``--preset-columns`` (empty without it), its mass-definition warning printed."""
+    if not getattr(args, "preset_columns", None):
+        return {}
+    from app.core.catalogs import parse_column_mapping
+    from app.core.column_presets import preset_record
+
+    record = preset_record(args.preset_columns, parse_column_mapping(args.columns))
+    if record["mass_definition_warning"]:
+        print(f"warning: {record['mass_definition_warning']}", file=sys.stderr)
+    return record
+
+
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from training.demo_catalog import make_demo_catalog, model_parameters, summarize
 
@@ -105,7 +138,9 @@ def cmd_ingest_tng(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     require = list(FEATURE_NAMES) + (list(TARGET_NAMES) if args.targets else [])
     df, report = load_catalog(args.catalog, require=require, mapping=args.columns,
-                              range_policy="warn" if args.lenient else "error", fmt=args.format)
+                              range_policy="warn" if args.lenient else "error", fmt=args.format,
+                              preset=args.preset_columns)
+    _preset_warning(args)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"{args.catalog}: {len(df):,} rows, columns: {', '.join(map(str, df.columns))}")
@@ -168,7 +203,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingError as exc:
         raise UserError(str(exc)) from None
     df, report = load_catalog(args.data, require=list(FEATURE_NAMES) + list(targets), mapping=args.columns,
-                              on_invalid=_on_invalid(args))
+                              on_invalid=_on_invalid(args), preset=args.preset_columns)
+    if args.preset_columns:  # recorded with the run, so that `report` reads the table the same way
+        cfg.extra["column_preset"] = _preset_warning(args)["column_preset"]
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if args.drop_invalid:
@@ -331,7 +368,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError("--token is for --server (a local prediction needs no token)")
     targets = _csv_list(args.targets, TARGET_NAMES, "target") if args.targets else None
     client = _remote_client(args, {"--registry": bool(args.registry)}) if args.server else None
-    df, report = load_catalog(args.data, require=FEATURE_NAMES, mapping=args.columns, on_invalid=_on_invalid(args))
+    df, report = load_catalog(args.data, require=FEATURE_NAMES, mapping=args.columns, on_invalid=_on_invalid(args),
+                              preset=args.preset_columns)
+    preset = _preset_warning(args)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     ids, id_col = (frame_ids(df, args.id_column) if mode.name == "sample"
@@ -362,7 +401,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     path = write_table(out, args.out, metadata={"kind": "prediction", **provenance,
                                                  "variant": args.variant, **mode.describe(),
                                                  "id_column": id_col or "row number in the input file",
-                                                 "on_invalid": _on_invalid(args), "galaxypaint": __version__})
+                                                 "on_invalid": _on_invalid(args), **preset,
+                                                 "galaxypaint": __version__})
     if args.drop_invalid:  # listed even when empty: no stale listing stays beside a new output
         from app.core.catalogs import write_invalid
 
@@ -384,12 +424,14 @@ def _paint_remote(args: argparse.Namespace) -> int:
                                    "--box": args.box is not None, "--engine": args.engine != "local",
                                    "--scheduler": bool(args.scheduler), "--dask-workers": args.dask_workers != 2,
                                    "--chunk-rows": args.chunk_rows != 1 << 18})
+    _preset_warning(args)
     t0 = time.perf_counter()
     try:
         with client:
             path = client.paint(args.catalog, out=args.out, targets=targets, model=args.model, variant=args.variant,
                                 columns=args.columns, mode=args.mode, seed=args.seed, quantiles=args.quantiles,
-                                id_column=args.id_column, on_invalid=_on_invalid(args))
+                                id_column=args.id_column, on_invalid=_on_invalid(args),
+                                column_preset=args.preset_columns)
     except GalaxypaintError as exc:
         raise _remote_error(exc) from None
     print(f"painted {args.catalog} in {time.perf_counter() - t0:.1f} s through {args.server}; wrote {path}")
@@ -429,7 +471,9 @@ def cmd_pk(args: argparse.Namespace) -> int:
         edges = bin_edges(_parse_bin_edges(args.bins))
     except ValueError as exc:
         raise UserError(f"--bins: {exc}") from None
-    df, report = load_catalog(args.catalog, require=list(POSITION_NAMES), mapping=args.columns, range_policy="warn")
+    df, report = load_catalog(args.catalog, require=list(POSITION_NAMES), mapping=args.columns, range_policy="warn",
+                              preset=args.preset_columns, preset_targets=True)  # the true properties too
+    _preset_warning(args)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     pos = df[list(POSITION_NAMES)].to_numpy()
@@ -483,7 +527,8 @@ def _pk_ensemble(args: argparse.Namespace) -> int:
         edges = bin_edges(_parse_bin_edges(args.bins))
     except ValueError as exc:
         raise UserError(f"--bins: {exc}") from None
-    df = read_table(args.catalog, args.columns)
+    df = read_table(args.catalog, args.columns, preset=args.preset_columns)
+    _preset_warning(args)
     model = GalaxyModel.from_registry(_registry(args), model=args.model, mode=Mode("sample", seed0))
     t0 = time.perf_counter()
     try:
@@ -534,7 +579,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             pass  # build_report says so
     # the table as the run saw it: its invalid rows dropped, its split column ignored, if the run did so
     df, _ = load_catalog(data, require=list(FEATURE_NAMES), mapping=args.columns,
-                         on_invalid="drop" if config.get("on_invalid") == "drop" else "warn")
+                         on_invalid="drop" if config.get("on_invalid") == "drop" else "warn",
+                         preset=config.get("column_preset"), preset_targets=True)  # as the run read it
     if config.get("ignore_split"):
         from training.pipeline import without_split
 
@@ -586,7 +632,9 @@ def cmd_paint(args: argparse.Namespace) -> int:
                             columns=args.columns, engine=args.engine, chunk_rows=args.chunk_rows,
                             compute_delta3=args.compute_delta3, box=args.box,
                             on_invalid=_on_invalid(args), scheduler=args.scheduler,
-                            dask_workers=args.dask_workers, mode=_mode(args), id_column=args.id_column)
+                            dask_workers=args.dask_workers, mode=_mode(args), id_column=args.id_column,
+                            column_preset=args.preset_columns)
+    _preset_warning(args)
     summary = paint(spec, registry, progress=_progress_bar("painting", "halo"))
     for w in summary.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
@@ -693,6 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="validate a halo catalog and print its summary")
     p.add_argument("catalog", help="table to check (.csv, .parquet, .hdf5)")
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
+    _preset_options(p)
     p.add_argument("--format", help="csv, parquet or hdf5 (default: from the extension)")
     p.add_argument("--targets", action="store_true", help="also require the 4 galaxy properties")
     p.add_argument("--lenient", action="store_true", help="warn about out-of-range values instead of failing")
@@ -719,6 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", help=reg_help)
     p.add_argument("--metrics-out", help="write the run's metrics as JSON to this file")
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
+    _preset_options(p, training=True)
     p.add_argument("--alias", default="production", help="alias given to the new versions (default production; "
                                                          "'' for none)")
     p.add_argument("--production", choices=("selected", "paper"), default="selected",
@@ -774,6 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", help="comma-separated subset of targets (default: every target with a model)")
     p.add_argument("--model", help="alias, version, or NAME@ALIAS for a single target")
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
+    _preset_options(p)
     _invalid_options(p)
     p.add_argument("--registry", help=reg_help)
     _mode_options(p)
@@ -792,6 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bins", default="paper", help="'paper' (Table 1 edges) or NAME=LO:MID:HI[,...]")
     p.add_argument("--targets", help="subset of properties (default: every <target>_pred column)")
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
+    _preset_options(p)
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     p.add_argument("--mode", choices=("mean", "sample"), default="mean",
                    help="mean: the catalog's <target>_pred columns against its true ones (default); sample: an "
@@ -817,6 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", help="subset of the targets (default: every registered stack)")
     p.add_argument("--model", help="alias, version or reference (default: production)")
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
+    _preset_options(p)
     p.add_argument("--compute-delta3", action="store_true", help="compute Delta3_h from x, y, z (haloes as tracers)")
     p.add_argument("--box", type=float, help="periodic box side [Mpc/h] (needed by --compute-delta3)")
     p.add_argument("--chunk-rows", type=int, default=1 << 18, help="rows per chunk (default 262144)")

@@ -355,11 +355,12 @@ class Client:
               columns: str | Mapping[str, str] | None = None, mode: str | None = None, seed: int | None = None,
               quantiles: Sequence[float] | str | None = None, id_column: str | None = None,
               on_invalid: str | None = None, output_format: str | None = None,
-              progress: bool | None = None) -> pd.DataFrame | Path | dict:
+              progress: bool | None = None, column_preset: str | None = None) -> pd.DataFrame | Path | dict:
         """Paint a catalog with a job of the service (``POST /v1/jobs/paint``).
 
         The catalog: a local file (.parquet, .hdf5, .csv) or a DataFrame (sent as Parquet), uploaded; or
-        ``catalog=`` a path in the server's data directory.  Options as ``galaxypaint paint``'s.
+        ``catalog=`` a path in the server's data directory.  Options as ``galaxypaint paint``'s
+        (``column_preset``: its ``--preset-columns``).
         ``wait=False``: the job's record at once (``id``, ``status``; follow it with ``wait``/``job``).
         ``wait=True``: waits (a progress bar) and returns the painted catalog as a DataFrame, or, when
         ``out`` is given, downloads it there and returns its path (the rows dropped with
@@ -374,7 +375,7 @@ class Client:
                    "seed": None if seed is None else str(int(seed)),
                    "quantiles": (quantiles if isinstance(quantiles, str) or quantiles is None
                                  else ",".join(f"{q:g}" for q in quantiles)),
-                   "id_column": id_column, "on_invalid": on_invalid}
+                   "id_column": id_column, "on_invalid": on_invalid, "column_preset": column_preset}
         form.update({k: v for k, v in options.items() if v is not None})
         if (path_or_frame is None) == (catalog is None):
             raise GalaxypaintError("file: give exactly one of a local catalog (path or DataFrame) or catalog= "

@@ -668,10 +668,11 @@ def run_training(df: pd.DataFrame, registry: Registry, cfg: TrainConfig,
                                                          "split_source": summary["split_source"],
                                                          "evaluated_on": summary["evaluated_on"],
                                                          # rows dropped as invalid (on_invalid drop): counted
-                                                         # and listed with their rows in the input file
+                                                         # and listed with their rows in the input file; the
+                                                         # table's --preset-columns, read again by `report`
                                                          **{k: cfg.extra[k] for k in
-                                                            ("data_path", "on_invalid", "invalid_rows")
-                                                            if k in cfg.extra}},
+                                                            ("data_path", "on_invalid", "invalid_rows",
+                                                             "column_preset") if k in cfg.extra}},
                         {**summary["results"], **({"sampler": summary["sampler"]} if sampler is not None else {})},
                         versions)
     published = []

@@ -33,11 +33,11 @@ import numpy as np
 import pandas as pd
 
 from app.core.catalogs import CatalogError, read_table
+# TNG's units and the conversions are shared with ``--preset-columns tng`` (one definition of each)
+from app.core.column_presets import (BAND_INDEX, G_KPC_KMS2_MSUN, TNG_KPC_PER_MPC,  # noqa: F401  (re-exported)
+                                     TNG_MASS_UNIT, bullock_spin, log_ssfr)
 from app.core.environment import delta3  # noqa: F401  (re-exported: ingestion computes Delta3_h with it)
-from app.core.schema import CUTS, ZERO_SFR_LOG_SSFR
-
-G_KPC_KMS2_MSUN = 4.30091727e-6  # gravitational constant [kpc (km/s)^2 / Msun]
-BAND_INDEX = {"U": 0, "B": 1, "V": 2, "K": 3, "g": 4, "r": 5, "i": 6, "z": 7}
+from app.core.schema import CUTS
 
 _GROUP_FIELDS = ("GroupFirstSub", "Group_M_Crit200", "Group_R_Crit200", "GroupPos")
 _SUBHALO_FIELDS = ("SubhaloPos", "SubhaloSpin", "SubhaloMassType", "SubhaloSFR",
@@ -124,29 +124,24 @@ def ingest_tng(groupcat: str | Path, snap: int = 99, aux: str | Path | None = No
     files = group_catalog_files(groupcat, snap)
     header, g, s = read_group_catalog(files, progress)
     a = 1.0 / (1.0 + header["Redshift"])
-    box = header["BoxSize"] / 1000.0  # Mpc/h
+    box = header["BoxSize"] / TNG_KPC_PER_MPC  # Mpc/h
 
     first = g["GroupFirstSub"].astype(np.int64)
     has_central = first >= 0
     gidx = np.flatnonzero(has_central)
     sid = first[has_central]
 
-    m200 = g["Group_M_Crit200"][gidx].astype(np.float64) * 1e10  # Msun/h
+    m200 = g["Group_M_Crit200"][gidx].astype(np.float64) * TNG_MASS_UNIT  # Msun/h
     r200 = g["Group_R_Crit200"][gidx].astype(np.float64) * a  # physical kpc/h
-    mstar = s["SubhaloMassType"][sid, 4].astype(np.float64) * 1e10
+    mstar = s["SubhaloMassType"][sid, 4].astype(np.float64) * TNG_MASS_UNIT
     ok = (m200 > 0) & (r200 > 0) & (mstar > 0)
     gidx, sid, m200, r200, mstar = gidx[ok], sid[ok], m200[ok], r200[ok], mstar[ok]
 
-    v200 = np.sqrt(G_KPC_KMS2_MSUN * m200 / r200)  # km/s (h cancels)
     j = np.linalg.norm(s["SubhaloSpin"][sid].astype(np.float64), axis=1)
-    spin = j / (np.sqrt(2.0) * v200 * r200)
+    spin = bullock_spin(j, m200, r200)
 
     sfr = s["SubhaloSFR"][sid].astype(np.float64)
-    rng = np.random.default_rng(seed)
-    with np.errstate(divide="ignore"):
-        ssfr = np.log10(sfr / mstar)
-    zero = ~(sfr > 0)
-    ssfr[zero] = rng.normal(ZERO_SFR_LOG_SSFR[0], ZERO_SFR_LOG_SSFR[1], int(zero.sum()))
+    ssfr, zero = log_ssfr(sfr, mstar, np.random.default_rng(seed))
 
     rhalf = s["SubhaloHalfmassRadType"][sid, 4].astype(np.float64) * a
     with np.errstate(divide="ignore"):
@@ -154,9 +149,9 @@ def ingest_tng(groupcat: str | Path, snap: int = 99, aux: str | Path | None = No
     phot = s["SubhaloStellarPhotometrics"][sid].astype(np.float64)
     color = phot[:, BAND_INDEX["g"]] - phot[:, BAND_INDEX["i"]]
 
-    pos = g["GroupPos"][gidx].astype(np.float64) / 1000.0
-    sub_pos = s["SubhaloPos"].astype(np.float64) / 1000.0
-    d3 = delta3(s["SubhaloPos"][sid].astype(np.float64) / 1000.0, sub_pos, box)
+    pos = g["GroupPos"][gidx].astype(np.float64) / TNG_KPC_PER_MPC
+    sub_pos = s["SubhaloPos"].astype(np.float64) / TNG_KPC_PER_MPC
+    d3 = delta3(s["SubhaloPos"][sid].astype(np.float64) / TNG_KPC_PER_MPC, sub_pos, box)
 
     df = pd.DataFrame({
         "ID": sid, "x": pos[:, 0], "y": pos[:, 1], "z": pos[:, 2],

@@ -579,7 +579,8 @@ def _run_paint(params: dict, ctx: JobContext) -> dict:
     spec = PaintSpec(Path(params["input"]), out, variant=params.get("variant", params.get("path", "raw")),
                      pinned=tuple(params["models"]), columns=params.get("columns") or {}, threads=ctx.threads,
                      max_bytes=int(ctx.limits["max_upload_bytes"]), mode=mode, id_column=params.get("id_column"),
-                     on_invalid=params.get("on_invalid") or "error")  # jobs recorded before it: error
+                     on_invalid=params.get("on_invalid") or "error",  # jobs recorded before it: error
+                     column_preset=params.get("column_preset"))
     progress = ctx.progress
     summary = paint(spec, registry, lambda done, total: progress(done / max(total, 1), f"{done:,}/{total:,} halos"))
     if "invalid_file" in summary:  # the dropped rows' listing, beside the output: result part "invalid"

@@ -29,11 +29,13 @@ from app.core.catalogs import METADATA_KEY, CatalogError, _fsync_dir, canonicali
 class ChunkReader:
     """Row chunks of a catalog with schema column names (``mapping`` as in ``--columns``).
 
-    ``max_bytes`` (None: no limit) refuses a catalog whose decompressed size is larger.
+    ``max_bytes`` (None: no limit) refuses a catalog whose decompressed size is larger.  ``preset``
+    (``app.core.column_presets``) converts the catalog's own columns into the halo features and positions
+    in every chunk (``mapping`` wins over it); ``preset_plan`` is then its plan for this catalog.
     """
 
     def __init__(self, path: str | os.PathLike[str], mapping: Mapping[str, str] | str | None = None,
-                 fmt: str | None = None, max_bytes: int | None = None) -> None:
+                 fmt: str | None = None, max_bytes: int | None = None, preset: str | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise CatalogError(f"no such file: {self.path}")
@@ -65,11 +67,23 @@ class ChunkReader:
                                                               compression=self._compression))
             except (OSError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
                 raise CatalogError(f"cannot read {self.path} as CSV: {exc}") from None
-        renamed = canonicalize(pd.DataFrame(columns=source), parse_column_mapping(mapping))
+        mp = parse_column_mapping(mapping)
+        self.preset_plan = None
+        made: list[str] = []
+        if preset:
+            from app.core.column_presets import plan_preset
+
+            try:
+                self.preset_plan = plan_preset(preset, source, mp, targets=False)
+            except CatalogError:
+                self.close()
+                raise
+            made = [c for c in self.preset_plan.columns if c not in source]
+        renamed = canonicalize(pd.DataFrame(columns=[*source, *made]), mp)
         self.source_columns = source
         self.columns = [str(c) for c in renamed.columns]
-        self._rename = {s: c for s, c in zip(source, self.columns) if s != c}
-        self._to_source = dict(zip(self.columns, source))
+        self._rename = {s: c for s, c in zip([*source, *made], self.columns) if s != c}
+        self._to_source = dict(zip(self.columns, [*source, *made]))
 
     def _open_hdf5(self, max_bytes: int | None) -> list[str]:
         import h5py
@@ -104,17 +118,24 @@ class ChunkReader:
         start = 0
         if self.format == "parquet":
             for batch in self._pq.iter_batches(batch_size=chunk_rows):
-                df = batch.to_pandas().rename(columns=self._rename)
+                df = self._schema_names(batch.to_pandas(), start)
                 yield start, df
                 start += len(df)
         elif self.format == "hdf5":
             for a in range(0, self.n_rows, chunk_rows):
-                yield a, self._hdf5_slice(self.source_columns, a, min(a + chunk_rows, self.n_rows)).rename(
-                    columns=self._rename)
+                rows = self._hdf5_slice(self.source_columns, a, min(a + chunk_rows, self.n_rows))
+                yield a, self._schema_names(rows, a)
         else:
             for df in pd.read_csv(self.path, chunksize=chunk_rows, compression=self._compression):
-                yield start, df.rename(columns=self._rename)
+                yield start, self._schema_names(df, start)
                 start += len(df)
+
+    def _schema_names(self, df: pd.DataFrame, start: int) -> pd.DataFrame:
+        """Rows read under the file's names (the first is row ``start``) with the preset's columns added,
+        under schema names."""
+        if self.preset_plan is not None:
+            df = self.preset_plan.apply(df, row_offset=start)
+        return df.rename(columns=self._rename)
 
     def read_rows(self, start: int, stop: int) -> pd.DataFrame:
         """Rows [start, stop) with schema names (Parquet: only the row groups that hold them)."""
@@ -138,7 +159,7 @@ class ChunkReader:
                 if seen >= stop:
                     break
             df = pd.concat(parts, ignore_index=True) if parts else pd.read_csv(self.path, nrows=0)
-        return df.rename(columns=self._rename)
+        return self._schema_names(df, start)
 
     def read_columns(self, names: list[str]) -> pd.DataFrame:
         """Whole columns (schema names), e.g. the positions needed to compute Delta3_h."""
@@ -146,13 +167,17 @@ class ChunkReader:
         if missing:
             raise CatalogError(f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} in {self.path}")
         src = [self._to_source[n] for n in names]
+        made = [s for s in src if s not in self.source_columns]  # made by the preset, from other columns
+        read = self.preset_plan.sources_of(src) if made else src  # type: ignore[union-attr]
         if self.format == "parquet":
-            df = self._pq.read(columns=src).to_pandas()
+            df = self._pq.read(columns=read).to_pandas()
         elif self.format == "hdf5":
-            df = self._hdf5_slice(src, 0, self.n_rows)
+            df = self._hdf5_slice(read, 0, self.n_rows)
         else:
-            df = pd.read_csv(self.path, usecols=src, compression=self._compression)[src]
-        return df.rename(columns=dict(zip(src, names)))
+            df = pd.read_csv(self.path, usecols=read, compression=self._compression)[read]
+        if made:
+            df = self.preset_plan.apply(df, only=made)  # type: ignore[union-attr]
+        return df[src].rename(columns=dict(zip(src, names)))
 
     def close(self) -> None:
         if self._h5 is not None:

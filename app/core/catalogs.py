@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from app.core.schema import COLUMNS, FEATURE_NAMES, SPLIT_COLUMN, SPLIT_VALUES, canonical_name
+from app.core.schema import COLUMNS, FEATURE_NAMES, SPLIT_COLUMN, SPLIT_VALUES, TARGET_NAMES, canonical_name
 
 Format = Literal["csv", "parquet", "hdf5"]
 RangePolicy = Literal["error", "warn", "ignore"]
@@ -77,7 +77,9 @@ def parse_column_mapping(spec: str | Sequence[str] | Mapping[str, str] | None) -
                 items.append((k.strip(), v.strip()))
     mapping: dict[str, str] = {}
     for k, v in items:
-        canon = canonical_name(k)
+        # a schema name as written is that column: z_h is the formation redshift, whatever the
+        # case-insensitive aliases say (Z_h, z_h are also aliases of the position z)
+        canon = k if k in COLUMNS else canonical_name(k)
         if canon is None:
             raise CatalogError(f"column mapping names {k!r}, which is not a galaxypaint column "
                                f"(known: {', '.join(COLUMNS)})")
@@ -304,11 +306,20 @@ def _read_hdf5(path: Path, key: str | None) -> tuple[pd.DataFrame, dict[str, obj
 
 
 def read_table(path: str | os.PathLike[str], mapping: Mapping[str, str] | str | None = None,
-               fmt: str | None = None, hdf5_key: str | None = None) -> pd.DataFrame:
+               fmt: str | None = None, hdf5_key: str | None = None, preset: str | None = None,
+               preset_targets: bool = True) -> pd.DataFrame:
     """Read a CSV, Parquet or HDF5 table and map its columns onto the schema (no value checks).
 
-    Any galaxypaint metadata stored in the file is returned in ``df.attrs["galaxypaint"]``.
+    Any galaxypaint metadata stored in the file is returned in ``df.attrs["galaxypaint"]``.  ``preset``
+    (``app.core.column_presets``: rockstar, consistent-trees, tng) converts a catalog's own columns and
+    units first (galaxy properties too with ``preset_targets``); ``mapping`` wins over it, and the preset
+    is recorded in the metadata.
     """
+    return _read_table(path, mapping, fmt, hdf5_key, preset, preset_targets)[0]
+
+
+def _read_table(path, mapping, fmt, hdf5_key, preset, preset_targets):
+    """``read_table``, and the preset's plan for the table (None without a preset)."""
     p = Path(path)
     if not p.exists():
         raise CatalogError(f"no such file: {p}")
@@ -335,20 +346,35 @@ def read_table(path: str | os.PathLike[str], mapping: Mapping[str, str] | str | 
     if len(df) == 0:
         raise CatalogError(f"{p} holds no rows")
     mp = parse_column_mapping(mapping) if isinstance(mapping, str) else dict(mapping or {})
+    plan = None
+    if preset:
+        from app.core.column_presets import plan_preset, preset_record  # it imports this module
+
+        plan = plan_preset(preset, list(df.columns), mp, targets=preset_targets)
+        df = plan.apply(df)
+        meta = {**meta, **preset_record(preset, mp)}
     df = canonicalize(df, mp)
     df.attrs[METADATA_KEY] = meta
-    return df
+    return df, plan
 
 
 def load_catalog(path: str | os.PathLike[str], require: Iterable[str] = FEATURE_NAMES,
                  mapping: Mapping[str, str] | str | None = None, range_policy: RangePolicy | None = None,
                  fmt: str | None = None, hdf5_key: str | None = None,
-                 on_invalid: str | None = None) -> tuple[pd.DataFrame, ValidationReport]:
+                 on_invalid: str | None = None, preset: str | None = None,
+                 preset_targets: bool | None = None) -> tuple[pd.DataFrame, ValidationReport]:
     """Read and validate a table; returns it with canonical column names and the report.
 
     Under ``on_invalid="drop"`` the invalid rows are gone from the table returned (the report lists
-    them, with their row numbers in the file); refused if no row is left."""
-    df = read_table(path, mapping, fmt, hdf5_key)
+    them, with their row numbers in the file); refused if no row is left.  ``preset`` as in
+    ``read_table`` (galaxy properties converted when ``require`` has one, or ``preset_targets``); a
+    required column the preset cannot make is refused saying why."""
+    require = list(require)
+    if preset_targets is None:
+        preset_targets = any(c in TARGET_NAMES for c in require)
+    df, plan = _read_table(path, mapping, fmt, hdf5_key, preset, preset_targets)
+    if plan is not None:
+        plan.check_required(list(df.columns), require)
     report = validate(df, require=require, range_policy=range_policy, on_invalid=on_invalid)
     if report.n_dropped == len(df):
         raise CatalogError(f"every row of {path} is invalid ({report.dropped_text()}): nothing is left")

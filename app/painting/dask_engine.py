@@ -43,7 +43,8 @@ def _paint_part(spec: PaintSpec, start: int, stop: int, registry_root: str, part
     if frame is not None:
         df = frame
     else:
-        with ChunkReader(spec.catalog, spec.columns, max_bytes=spec.max_bytes) as reader:
+        with ChunkReader(spec.catalog, spec.columns, max_bytes=spec.max_bytes,
+                         preset=spec.column_preset) as reader:
             df = reader.read_rows(start, stop)
     if delta3 is not None:
         df["Delta3_h"] = delta3
@@ -67,7 +68,8 @@ def paint_dask(spec: PaintSpec, registry: Registry, progress: Callable[[int, int
     out = Path(spec.out)
     if out.suffix in (".csv", ".hdf5", ".h5", ".txt"):
         raise CatalogError(f"the dask engine writes a directory of Parquet parts, not {out.suffix}: give a directory")
-    with ChunkReader(spec.catalog, spec.columns, max_bytes=spec.max_bytes) as reader:
+    with ChunkReader(spec.catalog, spec.columns, max_bytes=spec.max_bytes,
+                     preset=spec.column_preset) as reader:
         n = reader.n_rows
         if n == 0:
             raise CatalogError(f"{spec.catalog} has no rows")
@@ -89,7 +91,8 @@ def paint_dask(spec: PaintSpec, registry: Registry, progress: Callable[[int, int
             if csv:
                 # a CSV's rows are found only by parsing it from the top: the client parses it once and
                 # ships each chunk, rather than every worker re-parsing up to its rows
-                with ChunkReader(spec.catalog, spec.columns, max_bytes=spec.max_bytes) as reader:
+                with ChunkReader(spec.catalog, spec.columns, max_bytes=spec.max_bytes,
+                                 preset=spec.column_preset) as reader:
                     futures = [submit(i, a, a + len(df), df)
                                for i, (a, df) in enumerate(reader.chunks(spec.chunk_rows))]
             else:

@@ -131,6 +131,10 @@ def id_column_for(reader: ChunkReader, spec: PaintSpec) -> str | None:
 def delta3_for(reader: ChunkReader, spec: PaintSpec) -> np.ndarray | None:
     """``Delta3_h`` computed from the positions when the spec asks for it (None: the catalog's column),
     after checking the catalog can be painted at all."""
+    if reader.preset_plan is not None:  # says which of the catalog's columns are missing, and why
+        need = [f for f in FEATURE_NAMES if f != "Delta3_h"] + (list(POSITION_NAMES) if spec.compute_delta3
+                                                                else ["Delta3_h"])
+        reader.preset_plan.check_required(reader.columns, need)
     if spec.compute_delta3:
         pos = reader.read_columns(list(POSITION_NAMES)).to_numpy(dtype=np.float64)
         box = float(spec.box)  # type: ignore[arg-type]
@@ -166,7 +170,8 @@ def paint_file(spec: PaintSpec, registry: Registry, progress: Progress | None = 
     model = GalaxyModel.from_pinned(registry, spec.pinned, spec.variant, spec.threads)
     warnings: list[str] = []
     invalid = []  # the rows dropped (on_invalid drop), listed beside the output
-    with ChunkReader(spec.catalog, spec.columns, max_bytes=spec.max_bytes) as reader:
+    with ChunkReader(spec.catalog, spec.columns, max_bytes=spec.max_bytes,
+                     preset=spec.column_preset) as reader:
         if reader.n_rows == 0:
             raise CatalogError(f"{spec.catalog} has no rows")
         d3 = delta3_for(reader, spec)

@@ -3,9 +3,10 @@
 A spec names the catalog and the output, how the catalog's columns map onto the schema, which
 models (pinned versions, resolved once when the spec is made), the mode (mean, sample with its seed,
 quantiles with their levels: ``app.core.model.Mode``), which column identifies a halo, the engine,
-the chunking, and what to do with invalid rows (``on_invalid``: refuse, warn, or drop and list them
-in ``<out>.invalid.csv``; ``app.core.catalogs.ON_INVALID``).  ``provenance()`` is
-what a painted file records about how it was made.
+the chunking, the catalog's column conventions (``column_preset``: ``app.core.column_presets``), and
+what to do with invalid rows (``on_invalid``: refuse, warn, or drop and list them in
+``<out>.invalid.csv``; ``app.core.catalogs.ON_INVALID``).  ``provenance()`` is what a painted file
+records about how it was made.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Literal
 
 from app import __version__
 from app.core.catalogs import CatalogError, check_on_invalid, parse_column_mapping
+from app.core.column_presets import get_preset, preset_record
 from app.core.model import MEAN, Mode, resolve
 from app.core.registry import Registry
 
@@ -31,6 +33,9 @@ class PaintSpec:
     variant: str = "raw"
     pinned: tuple[dict, ...] = ()  # (target, name, version, sha256) of each model, from ``pin_models``
     columns: dict[str, str] = field(default_factory=dict)  # schema name -> the catalog's column
+    #: the catalog's column conventions (``app.core.column_presets``: rockstar, consistent-trees, tng);
+    #: ``columns`` wins over it
+    column_preset: str | None = None
     mode: Mode = MEAN
     #: the column whose integers key each halo's draw in sample mode; None: ``ID`` when the catalog has
     #: one, else the halo's row number in the input file (counted before any row is dropped)
@@ -55,6 +60,8 @@ class PaintSpec:
             raise CatalogError("a paint spec needs pinned models (PaintSpec.create resolves them)")
         if check_on_invalid(self.on_invalid) == "ignore":
             raise CatalogError("on_invalid must be one of error, warn, drop")
+        if self.column_preset is not None:
+            object.__setattr__(self, "column_preset", get_preset(self.column_preset).name)
 
     @property
     def range_policy(self) -> str:
@@ -88,4 +95,5 @@ class PaintSpec:
                 "source": str(self.catalog),
                 "delta3": "computed (3 Mpc/h, haloes as tracers)" if self.compute_delta3 else "input",
                 "on_invalid": self.on_invalid,
+                **(preset_record(self.column_preset, self.columns) if self.column_preset else {}),
                 "galaxypaint": __version__}

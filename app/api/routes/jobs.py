@@ -23,6 +23,7 @@ from app.api.observability import audit
 from app.api.schemas import JobInfo, JobPage, PkJobRequest
 from app.core.catalog_inspect import inspect_catalog_isolated
 from app.core.catalogs import ON_INVALID, CatalogError, detect_format, parse_column_mapping
+from app.core.column_presets import PRESET_NAMES
 from app.api.dataplane import VARIANTS, DataPlaneError, request_mode
 from app.api.jobs import FINAL, STATUSES, JobError, job_dir
 from app.core.schema import TARGET_NAMES
@@ -114,6 +115,10 @@ def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, store:
                                                            description="or a catalog path in the data directory")] = None,
                        columns: Annotated[str | None, Form(max_length=4096,
                                                            description="column mapping NAME=SOURCE[,...]")] = None,
+                       column_preset: Annotated[str | None, Form(max_length=32, description="the catalog's column "
+                                                                 "conventions: rockstar, consistent-trees or tng "
+                                                                 "(converted to the schema's columns and units; "
+                                                                 "'columns' wins for the names it maps)")] = None,
                        variant: Annotated[str | None, Form(max_length=16, description="raw or smogn")] = None,
                        path: Annotated[str | None, Form(max_length=16, deprecated=True,
                                                         description="deprecated name of 'variant'")] = None,
@@ -146,6 +151,8 @@ def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, store:
         mapping = parse_column_mapping(columns)
     except CatalogError as exc:
         raise HTTPException(422, f"columns: {exc}") from None
+    if column_preset is not None and column_preset not in PRESET_NAMES:
+        raise HTTPException(422, f"column_preset: {column_preset[:40]!r} is not one of {', '.join(PRESET_NAMES)}")
     if id_column is not None and not id_column.strip():
         id_column = None
     on_invalid = on_invalid or "error"
@@ -158,6 +165,7 @@ def submit_paint(settings: SettingsDep, jobs: JobsDep, runner: RunnerDep, store:
         raise HTTPException(exc.status, f"{exc.field or 'model'}: {exc}") from None
     pinned = [{"target": t, "name": mv.name, "version": mv.version, "sha256": mv.sha256} for t, mv in versions.items()]
     params = {"variant": variant, "targets": list(versions), "model": model, "models": pinned, "columns": mapping,
+              **({"column_preset": column_preset} if column_preset is not None else {}),
               "output_format": output_format, **run_mode.describe(), "id_column": id_column,
               "on_invalid": on_invalid}
     job_id = f"job-{uuid.uuid4().hex[:12]}"
