@@ -88,6 +88,23 @@ def _preset_options(p: argparse.ArgumentParser, training: bool = False) -> None:
                         "see the README's table of presets")
 
 
+#: the --box options' help: there is no default box (a wrong one rescales every k and P(k))
+BOX_HELP = "periodic box side [Mpc/h] (default: the box the catalog's metadata records; required without)"
+
+
+def _box(given: float | None, df, source, hint: str = "", warn: bool = True) -> float:
+    """``--box`` or the box the table records (``app.core.box``), as a one-line UserError without either."""
+    from app.core.box import BoxError, resolve_box
+
+    try:
+        box, warnings = resolve_box(given, df.attrs, str(source))
+    except BoxError as exc:
+        raise UserError(f"{exc}{hint}") from None
+    for w in warnings if warn else ():
+        print(f"warning: {w}", file=sys.stderr)
+    return box
+
+
 def _preset_warning(args: argparse.Namespace) -> dict:
     """The metadata of ``--preset-columns`` (empty without it), its mass-definition warning printed."""
     if not getattr(args, "preset_columns", None):
@@ -220,6 +237,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         from training.pipeline import without_split
 
         df = without_split(df)  # also for the report below: it rebuilds the run's split from this table
+    box = None
+    if not args.no_report and all(c in df.columns for c in POSITION_NAMES):  # the report's P(k), known now
+        box = _box(args.box, df, args.data, "; or --no-report (the run's report measures P(k))")
     registry = _registry(args, create=True)
     t0 = time.perf_counter()
 
@@ -246,7 +266,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         progress("the run's report (figures 2-9, tables), stored with the run")
         with tempfile.TemporaryDirectory() as tmp:
-            box = float((df.attrs.get("galaxypaint") or {}).get("box") or 205.0)  # demo-data records its box
             build_report(registry, df, tmp, run_id=summary["run_id"], box=box, progress=progress,
                          ensemble_seeds=TRAIN_ENSEMBLE_SEEDS)
             stored = store_report(registry, summary["run_id"], tmp)
@@ -458,8 +477,8 @@ def cmd_pk(args: argparse.Namespace) -> int:
     from app.science.clustering import bin_edges, compare_catalog
     from app.science.pk_outputs import write_pk_outputs
 
-    if args.box <= 0 or args.nmesh < 8:
-        raise UserError("--box must be positive and --nmesh at least 8")
+    if args.nmesh < 8:
+        raise UserError("--nmesh must be at least 8")
     if args.mode == "sample":
         return _pk_ensemble(args)
     given = [flag for flag, value in (("--seeds", args.seeds), ("--seed0", args.seed0), ("--model", args.model),
@@ -476,19 +495,20 @@ def cmd_pk(args: argparse.Namespace) -> int:
     _preset_warning(args)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    box = _box(args.box, df, args.catalog)
     pos = df[list(POSITION_NAMES)].to_numpy()
-    if len(pos) and (pos.min() < -1e-6 * args.box or pos.max() > args.box * (1 + 1e-6)):
+    if len(pos) and (pos.min() < -1e-6 * box or pos.max() > box * (1 + 1e-6)):
         raise UserError(f"halo positions span [{pos.min():.3g}, {pos.max():.3g}] Mpc/h, outside the box "
-                        f"[0, {args.box:g}]: give the right --box")
+                        f"[0, {box:g}]: give the right --box")
     bar = _progress_bar("power spectra", "bin")
     t0 = time.perf_counter()
     try:
-        results = compare_catalog(df, args.box, args.nmesh, targets, edges,
+        results = compare_catalog(df, box, args.nmesh, targets, edges,
                                   progress=lambda f, _m: bar(int(round(100 * f)), 100))
     except ValueError as exc:
         raise UserError(str(exc)) from None
     out = Path(args.out)
-    written = write_pk_outputs(results, out, box=args.box, nmesh=args.nmesh, edges=edges, source=str(args.catalog),
+    written = write_pk_outputs(results, out, box=box, nmesh=args.nmesh, edges=edges, source=str(args.catalog),
                                title=f"{Path(args.catalog).name}: predicted vs true P(k)")
     if args.json:
         print((out / written["file"]).read_text())
@@ -529,10 +549,11 @@ def _pk_ensemble(args: argparse.Namespace) -> int:
         raise UserError(f"--bins: {exc}") from None
     df = read_table(args.catalog, args.columns, preset=args.preset_columns)
     _preset_warning(args)
+    box = _box(args.box, df, args.catalog)
     model = GalaxyModel.from_registry(_registry(args), model=args.model, mode=Mode("sample", seed0))
     t0 = time.perf_counter()
     try:
-        result = ensemble_pk(df, model, seeds, args.box, args.nmesh, edges, id_column=args.id_column,
+        result = ensemble_pk(df, model, seeds, box, args.nmesh, edges, id_column=args.id_column,
                              progress=_progress_bar("sampled catalogs", "catalog"))
     except ValueError as exc:  # a catalog error, or a bin without galaxies
         raise UserError(str(exc)) from None
@@ -590,8 +611,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     def progress(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
+    box = None
+    if all(c in df.columns for c in POSITION_NAMES):  # refused before any work; an override is a report note
+        box = _box(args.box, df, data, warn=False)
     try:
-        summary = build_report(registry, df, args.out, run_id=args.run, box=args.box, nmesh=args.nmesh,
+        summary = build_report(registry, df, args.out, run_id=args.run, box=box, nmesh=args.nmesh,
                                progress=progress, ensemble_seeds=args.ensemble_seeds)
     except (TrainingError, ValueError) as exc:
         raise UserError(str(exc)) from None
@@ -624,8 +648,6 @@ def cmd_paint(args: argparse.Namespace) -> int:
         return _paint_remote(args)
     if args.chunk_rows < 1:
         raise UserError("--chunk-rows must be positive")
-    if args.compute_delta3 and not args.box:
-        raise UserError("--compute-delta3 needs --box L (the periodic box side in Mpc/h)")
     targets = list(_csv_list(args.targets, TARGET_NAMES, "target")) if args.targets else None
     registry = _registry(args)
     spec = PaintSpec.create(registry, args.catalog, args.out, targets=targets, model=args.model, variant=args.variant,
@@ -782,6 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the raw path when all four targets are trained; needed by --mode sample/quantiles)")
     p.add_argument("--verbose", action="store_true", help="also show TensorFlow's native log lines (hidden by "
                                                           "default: they are not about your run)")
+    p.add_argument("--box", type=float, help=BOX_HELP + "; for the report's P(k) figures")
     p.add_argument("--no-report", action="store_true", help="do not store the run's report figures and tables "
                                                             "in the registry")
     p.add_argument("--ignore-split", action="store_true", help="ignore the table's split column and re-split with "
@@ -838,7 +861,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", required=True, help="mode mean: a painted/predicted catalog with x, y, z and "
                    "<target>_pred; mode sample: a halo catalog with the 5 features, x, y, z and the true properties")
     p.add_argument("--out", required=True, help="output directory (pk.json, pk.csv, pk_summary.csv, pk.png)")
-    p.add_argument("--box", type=float, default=205.0, help="periodic box side [Mpc/h] (default 205)")
+    p.add_argument("--box", type=float, help=BOX_HELP)
     p.add_argument("--nmesh", type=int, default=256, help="FFT mesh per side (default 256; TSC + interlacing)")
     p.add_argument("--bins", default="paper", help="'paper' (Table 1 edges) or NAME=LO:MID:HI[,...]")
     p.add_argument("--targets", help="subset of properties (default: every <target>_pred column)")
@@ -871,7 +894,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help="column mapping NAME=SOURCE[,NAME=SOURCE...]")
     _preset_options(p)
     p.add_argument("--compute-delta3", action="store_true", help="compute Delta3_h from x, y, z (haloes as tracers)")
-    p.add_argument("--box", type=float, help="periodic box side [Mpc/h] (needed by --compute-delta3)")
+    p.add_argument("--box", type=float, help=BOX_HELP + "; used by --compute-delta3")
     p.add_argument("--chunk-rows", type=int, default=1 << 18, help="rows per chunk (default 262144)")
     _invalid_options(p)
     p.add_argument("--engine", choices=("local", "dask"), default="local")
@@ -897,7 +920,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="the run's training table (default: the path the run recorded)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--registry", help=reg_help)
-    p.add_argument("--box", type=float, default=205.0, help="periodic box side [Mpc/h] for P(k) (default 205)")
+    p.add_argument("--box", type=float, help=BOX_HELP + "; for the P(k) figures")
     p.add_argument("--nmesh", type=int, default=256, help="FFT mesh per side for P(k) (default 256)")
     p.add_argument("--ensemble-seeds", type=int, default=10, metavar="S",
                    help="sampled catalogs behind the P(k) of the joint sampler's populations (default 10; "

@@ -238,7 +238,8 @@ def test_compressed_hdf5_reads_and_its_decompressed_size_is_bounded(tmp_path):
         assert sum(len(c) for _, c in reader.chunks(1500)) == 5000
     decoded = 5000 * 8 * len(df.columns)
     summary = inspect_catalog(path, max_bytes=decoded)
-    assert summary == {"format": "hdf5", "rows": 5000, "columns": sorted(df.columns), "bytes": decoded}
+    assert summary == {"format": "hdf5", "rows": 5000, "columns": sorted(df.columns), "bytes": decoded,
+                       "box": None}
     too_big = f"decompressed size of cat.hdf5 \\({decoded:,} bytes\\) exceeds the limit of {decoded - 1:,} bytes"
     with pytest.raises(CatalogError, match=too_big):
         inspect_catalog(path, max_bytes=decoded - 1)
@@ -269,7 +270,7 @@ def test_inspect_refuses_a_gzip_csv_that_decompresses_beyond_the_limit(tmp_path)
         inspect_catalog(disguised, max_bytes=1_000_000)
     small = _gzip_csv(tmp_path / "small.csv.gz", 10)
     summary = inspect_catalog(small, max_bytes=1_000_000)
-    assert summary == {"format": "csv", "rows": 10, "columns": ["M_h", "C_h", "S_h"], "bytes": 12 + 14 * 10}
+    assert summary == {"format": "csv", "rows": 10, "columns": ["M_h", "C_h", "S_h"], "bytes": 12 + 14 * 10, "box": None}
     with ChunkReader(small, max_bytes=1_000_000) as reader:
         assert reader.n_rows == 10 and len(reader.read_columns(["M_h"])) == 10
 
@@ -285,7 +286,7 @@ def test_inspect_refuses_parquet_whose_decoded_size_exceeds_the_limit(tmp_path):
     with pytest.raises(CatalogError, match="exceeds the limit of 500,000 bytes"):
         ChunkReader(path, max_bytes=500_000)
     assert inspect_catalog(path, max_bytes=800_000) == {
-        "format": "parquet", "rows": 100_000, "columns": ["M_h"], "bytes": 800_000}
+        "format": "parquet", "rows": 100_000, "columns": ["M_h"], "bytes": 800_000, "box": None}
 
 
 def test_inspect_isolated_gives_the_same_answers_as_in_process(tmp_path):

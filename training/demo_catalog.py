@@ -49,8 +49,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, special
 
-from app.science.power_spectrum import fourier_axes
+from app.core.catalogs import METADATA_KEY
 from app.core.schema import CUTS, FEATURE_NAMES, TARGET_NAMES, TNG300_FEATURE_MOMENTS, ZERO_SFR_LOG_SSFR
+from app.science.power_spectrum import fourier_axes
 from training.cosmology import PLANCK15, Cosmology, linear_power, tinker08_dndlogm, tinker10_bias
 
 TNG300_BOX = 205.0  # Mpc/h
@@ -390,6 +391,9 @@ def make_demo_catalog(n: int = TNG300_N_CENTRALS, box: float = TNG300_BOX, seed:
     if with_latent:
         for col in ("_age", "_quenched", "_zero_sfr"):
             out[col] = cat[col].to_numpy()
+    # the catalog carries its own box: write_table stores it, and the clustering commands read it back
+    out.attrs[METADATA_KEY] = {"kind": "demo-catalog", "generator": "training.demo_catalog", "n": int(n),
+                               "box": float(box), "seed": int(seed)}
     return out
 
 

@@ -32,6 +32,7 @@ from app.science.populations import DEFAULT_KMAX, N_QUARTILES, bin_spectra, ense
 from app.science.power_spectrum import default_k_edges
 from app.core.model import SAMPLER_KIND, GalaxyModel
 from app.core.registry import Registry, RegistryError
+from app.core.box import resolve_box
 from app.core.schema import FEATURE_NAMES, PAPER_PEARSON_R, POSITION_NAMES, TARGET_NAMES
 from training.pipeline import TrainingError, data_fingerprint, split_indices
 
@@ -580,9 +581,12 @@ def sampler_section(registry: Registry, run: dict, df: pd.DataFrame, test: np.nd
 
 
 def build_report(registry: Registry, df: pd.DataFrame, out_dir: str | Path, run_id: str | None = None,
-                 box: float = 205.0, nmesh: int = 256, progress: Progress = lambda m: None,
+                 box: float | None = None, nmesh: int = 256, progress: Progress = lambda m: None,
                  ensemble_seeds: int = DEFAULT_ENSEMBLE_SEEDS) -> dict[str, Any]:
     """Write every figure, ``report.md``, ``report.html`` and ``pk_<path>.json``; returns a summary.
+
+    ``box`` [Mpc/h] for the P(k) figures: None takes the one the table records (``df.attrs``), and a
+    table with positions but no recorded box is refused (``BoxError``, naming ``--box``).
 
     When the run has a joint sampler, also its section (``sampler_section``): ``ensemble_seeds`` sampled
     catalogs (0, or at least 2) make ``fig9_pk_sample.png`` and ``pk_sample.json``."""
@@ -597,6 +601,9 @@ def build_report(registry: Registry, df: pd.DataFrame, out_dir: str | Path, run_
     except RegistryError as exc:
         raise TrainingError(str(exc)) from None
     notes = []
+    if all(c in df.columns for c in POSITION_NAMES):
+        box, box_warnings = resolve_box(box, df.attrs, "the training table")
+        notes += box_warnings
     if run["data_fingerprint"] != data_fingerprint(df):
         notes.append("The table given is not the one this run was trained on (data fingerprints differ): "
                      "the test split below is rebuilt from the run's seed on this table.")

@@ -610,11 +610,20 @@ def _run_pk(params: dict, ctx: JobContext) -> dict:
                              "be the same haloes in the same order")
         for t in [c for c in truth.columns if pred_column(c) in df.columns]:
             df[t] = truth[t].to_numpy()
-    box = float(params.get("box", 205.0))
+    box = _box(params, df)
     edges = bin_edges(params.get("edges"))
     results = compare_catalog(df, box, nmesh, params.get("targets"), edges, progress=lambda f, m: ctx.progress(f, m))
     return write_pk_outputs(results, ctx.work, box=box, nmesh=nmesh, edges=edges, title="predicted vs true P(k)",
                             source=str(params.get("source", "")))
+
+
+def _box(params: dict, df) -> float:
+    """The job's box: the request's, else the one the catalog records (the route checked there is one;
+    this guards queued rows of older servers, whose requests always carried a box)."""
+    from app.core.box import resolve_box
+
+    box, _ = resolve_box(params.get("box"), df.attrs, "the catalog", option="box")
+    return box
 
 
 def _run_pk_ensemble(params: dict, ctx: JobContext, nmesh: int) -> dict:
@@ -645,7 +654,7 @@ def _run_pk_ensemble(params: dict, ctx: JobContext, nmesh: int) -> dict:
                                     params.get("variant", "raw"), ctx.threads)
     seed0, n = int(params.get("seed0") or 0), int(params["seeds"])
     progress = ctx.progress
-    result = ensemble_pk(df, model, range(seed0, seed0 + n), float(params.get("box", 205.0)), nmesh,
+    result = ensemble_pk(df, model, range(seed0, seed0 + n), _box(params, df), nmesh,
                          params.get("edges"), id_column=params.get("id_column"),
                          progress=lambda done, total: progress(done / max(total, 1), f"{done}/{total} sampled catalogs"))
     written = result.write_outputs(ctx.work, title=f"{n} sampled catalogs vs the true P(k)",

@@ -32,7 +32,8 @@ import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
-from app.core.catalogs import CatalogError, detect_format
+from app.core.box import recorded_box
+from app.core.catalogs import METADATA_KEY, CatalogError, detect_format, parse_metadata
 
 # Filter ids registered by HDF5 itself (H5Zpublic.h) and lzf, which h5py registers in-process.
 # Any other id would be resolved by loading a plugin library: code chosen by the file.
@@ -222,11 +223,13 @@ def scan_csv(path: Path, max_bytes: int | None = None) -> tuple[int, int]:
 
 
 def inspect_catalog(path: str | os.PathLike[str], max_bytes: int) -> dict[str, Any]:
-    """Check a catalog file without reading its columns; returns {format, rows, columns, bytes}.
+    """Check a catalog file without reading its columns; returns {format, rows, columns, bytes, box}.
 
     ``bytes`` is the decompressed size; over ``max_bytes`` (or any unsafe HDF5 construct, or an
-    unreadable file) raises :class:`CatalogError`.
+    unreadable file) raises :class:`CatalogError`.  ``box``: the box side [Mpc/h] the file's
+    galaxypaint metadata records, None without one (CSV files carry no metadata).
     """
+    meta: Any = None
     p = Path(path)
     if not p.is_file():
         raise CatalogError(f"no such file: {p}")
@@ -236,7 +239,8 @@ def inspect_catalog(path: str | os.PathLike[str], max_bytes: int) -> dict[str, A
             import h5py
 
             with h5py.File(p, "r") as f:
-                _, datasets = find_hdf5_table(f, p)
+                group, datasets = find_hdf5_table(f, p)
+                meta = group.attrs.get(METADATA_KEY)
                 size = hdf5_decoded_bytes(datasets)
                 rows = next(iter(datasets.values())).shape[0]
                 columns = list(datasets)
@@ -244,6 +248,7 @@ def inspect_catalog(path: str | os.PathLike[str], max_bytes: int) -> dict[str, A
             import pyarrow.parquet as pq
 
             pf = pq.ParquetFile(p)
+            meta = (pf.schema_arrow.metadata or {}).get(METADATA_KEY.encode())
             size = parquet_decoded_bytes(pf, p)
             rows, columns = pf.metadata.num_rows, list(pf.schema_arrow.names)
         else:
@@ -257,7 +262,8 @@ def inspect_catalog(path: str | os.PathLike[str], max_bytes: int) -> dict[str, A
     except Exception as exc:  # the libraries' own errors, turned into one line
         raise CatalogError(f"cannot read {p} as {fmt}: {exc.__class__.__name__}: {exc}".splitlines()[0]) from exc
     check_decoded_size(p, size, max_bytes)
-    return {"format": fmt, "rows": int(rows), "columns": [str(c) for c in columns], "bytes": int(size)}
+    return {"format": fmt, "rows": int(rows), "columns": [str(c) for c in columns], "bytes": int(size),
+            "box": recorded_box(parse_metadata(meta))}
 
 
 def _inspector_command(path: Path, max_bytes: int) -> list[str]:

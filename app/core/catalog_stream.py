@@ -23,7 +23,8 @@ import pandas as pd
 
 from app.core.catalog_inspect import (check_decoded_size, find_hdf5_table, hdf5_decoded_bytes, is_gzip,
                                  parquet_decoded_bytes, scan_csv)
-from app.core.catalogs import METADATA_KEY, CatalogError, _fsync_dir, canonicalize, detect_format, parse_column_mapping
+from app.core.catalogs import (METADATA_KEY, CatalogError, _fsync_dir, canonicalize, detect_format, parse_column_mapping,
+                               parse_metadata)
 
 
 class ChunkReader:
@@ -32,6 +33,7 @@ class ChunkReader:
     ``max_bytes`` (None: no limit) refuses a catalog whose decompressed size is larger.  ``preset``
     (``app.core.column_presets``) converts the catalog's own columns into the halo features and positions
     in every chunk (``mapping`` wins over it); ``preset_plan`` is then its plan for this catalog.
+    ``metadata``: the galaxypaint metadata the file stores (its box, how it was made), {} for none.
     """
 
     def __init__(self, path: str | os.PathLike[str], mapping: Mapping[str, str] | str | None = None,
@@ -42,6 +44,7 @@ class ChunkReader:
         self.format = detect_format(self.path, fmt)
         self._h5 = self._compression = None
         self._datasets: dict = {}
+        self.metadata: dict = {}
         if self.format == "parquet":
             import pyarrow.parquet as pq
 
@@ -52,6 +55,7 @@ class ChunkReader:
             check_decoded_size(self.path, parquet_decoded_bytes(self._pq, self.path), max_bytes)
             source = list(self._pq.schema_arrow.names)
             self.n_rows = self._pq.metadata.num_rows
+            self.metadata = parse_metadata((self._pq.schema_arrow.metadata or {}).get(METADATA_KEY.encode()))
         elif self.format == "hdf5":
             source = self._open_hdf5(max_bytes)
         else:
@@ -93,7 +97,8 @@ class ChunkReader:
         except OSError as exc:
             raise CatalogError(f"cannot read {self.path} as HDF5: {exc}") from None
         try:
-            _, self._datasets = find_hdf5_table(self._h5, self.path)
+            group, self._datasets = find_hdf5_table(self._h5, self.path)
+            self.metadata = parse_metadata(group.attrs.get(METADATA_KEY))
             check_decoded_size(self.path, hdf5_decoded_bytes(self._datasets), max_bytes)
         except Exception as exc:
             self.close()  # the caller gets no reader to close

@@ -58,6 +58,17 @@ def detect_format(path: str | os.PathLike[str], fmt: str | None = None) -> Forma
     raise CatalogError(f"cannot tell the format of {path}: use a .csv, .parquet or .hdf5 file (or say --format)")
 
 
+def parse_metadata(raw: object) -> dict:
+    """A file's galaxypaint metadata from its stored JSON (text or bytes); a malformed entry reads as none."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    try:
+        meta = json.loads(raw) if isinstance(raw, str) else {}
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def parse_column_mapping(spec: str | Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
     """Parse ``"M_h=logMvir,C_h=conc"`` (or a list of such items, or a dict) into {canonical: source}."""
     if not spec:
@@ -300,9 +311,8 @@ def _read_hdf5(path: Path, key: str | None) -> tuple[pd.DataFrame, dict[str, obj
             if arr.dtype.kind in ("S", "O"):
                 arr = np.char.decode(arr.astype("S"), "utf-8") if arr.dtype.kind == "S" else arr.astype(str)
             data[name] = arr
-        meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in group.attrs.items()}
-    meta_json = meta.get(METADATA_KEY)
-    return pd.DataFrame(data), (json.loads(meta_json) if isinstance(meta_json, str) else {})
+        meta = parse_metadata(group.attrs.get(METADATA_KEY))
+    return pd.DataFrame(data), meta
 
 
 def read_table(path: str | os.PathLike[str], mapping: Mapping[str, str] | str | None = None,
@@ -334,8 +344,7 @@ def _read_table(path, mapping, fmt, hdf5_key, preset, preset_targets):
             import pyarrow.parquet as pq
 
             table = pq.read_table(p)
-            raw = (table.schema.metadata or {}).get(METADATA_KEY.encode())
-            meta = json.loads(raw) if raw else {}
+            meta = parse_metadata((table.schema.metadata or {}).get(METADATA_KEY.encode()))
             df = table.to_pandas()
         else:
             df, meta = _read_hdf5(p, hdf5_key)
@@ -397,8 +406,11 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike[str], fmt: str | None 
     """Write ``df`` atomically (temp file in the same directory, fsync, rename) and return the path.
 
     ``metadata`` (JSON-serializable) is stored in the Parquet schema or as an HDF5 attribute and
-    comes back in ``read_table(...).attrs["galaxypaint"]``; CSV files carry no metadata.
+    comes back in ``read_table(...).attrs["galaxypaint"]``; CSV files carry no metadata.  None: the
+    metadata ``df`` carries (``df.attrs["galaxypaint"]``: a catalog keeps its box and history).
     """
+    if metadata is None and isinstance(df.attrs.get(METADATA_KEY), Mapping):
+        metadata = df.attrs[METADATA_KEY]
     p = Path(path)
     f = detect_format(p, fmt)
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from app.core.box import recorded_box, resolve_box
 from app.core.catalog_stream import ChunkReader, ChunkWriter
 from app.core.catalogs import CatalogError, detect_format, drop_invalid, validate, write_invalid
 from app.core.environment import delta3_slabs
@@ -128,16 +129,24 @@ def id_column_for(reader: ChunkReader, spec: PaintSpec) -> str | None:
     return name
 
 
-def delta3_for(reader: ChunkReader, spec: PaintSpec) -> np.ndarray | None:
-    """``Delta3_h`` computed from the positions when the spec asks for it (None: the catalog's column),
-    after checking the catalog can be painted at all."""
+def catalog_box(reader: ChunkReader, spec: PaintSpec) -> tuple[float | None, list[str]]:
+    """(box side [Mpc/h] or None, warnings): ``spec.box``, else the one the input records, so that the
+    painted file records it in turn (its P(k) then needs no --box); computing Delta3_h requires one."""
+    if spec.box is None and not spec.compute_delta3:
+        return recorded_box(reader.metadata), []
+    return resolve_box(spec.box, reader.metadata, str(spec.catalog))
+
+
+def delta3_for(reader: ChunkReader, spec: PaintSpec, box: float | None) -> np.ndarray | None:
+    """``Delta3_h`` computed from the positions in a periodic ``box`` [Mpc/h] when the spec asks for it
+    (None: the catalog's column), after checking the catalog can be painted at all."""
     if reader.preset_plan is not None:  # says which of the catalog's columns are missing, and why
         need = [f for f in FEATURE_NAMES if f != "Delta3_h"] + (list(POSITION_NAMES) if spec.compute_delta3
                                                                 else ["Delta3_h"])
         reader.preset_plan.check_required(reader.columns, need)
     if spec.compute_delta3:
         pos = reader.read_columns(list(POSITION_NAMES)).to_numpy(dtype=np.float64)
-        box = float(spec.box)  # type: ignore[arg-type]
+        box = float(box)  # type: ignore[arg-type]
         if not np.isfinite(pos).all() or pos.min() < -1e-6 * box or pos.max() > box * (1 + 1e-6):
             raise CatalogError(f"halo positions must be finite and within [0, {box:g}] Mpc/h to compute Delta3_h")
         return delta3_slabs(pos, box)
@@ -168,15 +177,15 @@ def paint_file(spec: PaintSpec, registry: Registry, progress: Progress | None = 
     detect_format(spec.out)
     t0 = time.perf_counter()
     model = GalaxyModel.from_pinned(registry, spec.pinned, spec.variant, spec.threads)
-    warnings: list[str] = []
     invalid = []  # the rows dropped (on_invalid drop), listed beside the output
     with ChunkReader(spec.catalog, spec.columns, max_bytes=spec.max_bytes,
                      preset=spec.column_preset) as reader:
         if reader.n_rows == 0:
             raise CatalogError(f"{spec.catalog} has no rows")
-        d3 = delta3_for(reader, spec)
+        box, warnings = catalog_box(reader, spec)
+        d3 = delta3_for(reader, spec, box)
         ids_from = id_column_for(reader, spec)
-        with ChunkWriter(spec.out, metadata=spec.provenance(ids_from)) as writer:
+        with ChunkWriter(spec.out, metadata=spec.provenance(ids_from, box)) as writer:
             if progress:
                 progress(0, reader.n_rows)
             for start, chunk in reader.chunks(spec.chunk_rows):

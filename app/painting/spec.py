@@ -45,7 +45,8 @@ class PaintSpec:
     #: invalid rows (non-finite or outside the schema's valid ranges): error, warn or drop
     on_invalid: OnInvalid = "error"
     compute_delta3: bool = False
-    box: float | None = None  # periodic box side [Mpc/h], needed to compute Delta3_h
+    #: periodic box side [Mpc/h] (None: the one the catalog records; computing Delta3_h needs one)
+    box: float | None = None
     threads: int = 0  # onnxruntime threads per session (0: the CPUs this process may use)
     max_bytes: int | None = None  # largest decompressed catalog read (None: no limit)
     scheduler: str | None = None  # Dask scheduler address (None: a LocalCluster)
@@ -54,8 +55,8 @@ class PaintSpec:
     def __post_init__(self) -> None:
         if self.chunk_rows < 1:
             raise CatalogError("chunk_rows must be positive")
-        if self.compute_delta3 and not (self.box and self.box > 0):
-            raise CatalogError("computing Delta3_h needs the periodic box size (--box, Mpc/h)")
+        if self.box is not None and not self.box > 0:
+            raise CatalogError(f"--box: the box side must be a positive number of Mpc/h, not {self.box:g}")
         if not self.pinned:
             raise CatalogError("a paint spec needs pinned models (PaintSpec.create resolves them)")
         if check_on_invalid(self.on_invalid) == "ignore":
@@ -84,9 +85,9 @@ class PaintSpec:
     def targets(self) -> tuple[str, ...]:
         return tuple(p["target"] for p in self.pinned)
 
-    def provenance(self, id_column: str | None) -> dict:
+    def provenance(self, id_column: str | None, box: float | None = None) -> dict:
         """The painted file's metadata: how its galaxies were made (``id_column``: the column keying the
-        draws, None for row numbers)."""
+        draws, None for row numbers) and the periodic ``box`` [Mpc/h] its haloes live in, when known."""
         return {"kind": "painted", "models": list(self.pinned), "variant": self.variant, **self.mode.describe(),
                 "seed": self.mode.seed if self.mode.name == "sample" else None,
                 "id_column": id_column or "row number in the input file",
@@ -95,5 +96,6 @@ class PaintSpec:
                 "source": str(self.catalog),
                 "delta3": "computed (3 Mpc/h, haloes as tracers)" if self.compute_delta3 else "input",
                 "on_invalid": self.on_invalid,
+                **({"box": float(box)} if box is not None else {}),
                 **(preset_record(self.column_preset, self.columns) if self.column_preset else {}),
                 "galaxypaint": __version__}

@@ -244,6 +244,9 @@ def submit_pk(req: PkJobRequest, settings: SettingsDep, jobs: JobsDep, runner: R
     else:
         source = _inside_data_dir(settings, req.path, "path")  # type: ignore[arg-type]
     truth = _inside_data_dir(settings, req.truth, "truth") if req.truth else None
+    if req.box is None and _inspect(source, settings, "job_id" if req.job_id else "path").get("box") is None:
+        raise HTTPException(422, f"box: {(req.job_id or req.path)[:200]} records no box size in its metadata: give box "
+                                 "(the periodic box side in Mpc/h)")
     if req.edges:
         bad = [t for t, e in req.edges.items() if t not in TARGET_NAMES or not (e[0] < e[1] < e[2])]
         if bad:
