@@ -161,6 +161,8 @@ def test_paint_job_upload_then_pk_job(server, tmp_path):
     pd.testing.assert_series_equal(painted["M_h"], sample["M_h"].reset_index(drop=True), check_names=False)
 
     pk = client.post("/v1/jobs/pk", json={"job_id": job["id"], "nmesh": 32})
+    assert pk.status_code == 422 and pk.json()["detail"].startswith("box: ")  # a CSV records no box
+    pk = client.post("/v1/jobs/pk", json={"job_id": job["id"], "nmesh": 32, "box": 205})
     assert pk.status_code == 202, pk.text
     pk_job = _wait(client, pk.json()["id"])
     assert pk_job["status"] == "succeeded", pk_job["error"]
