@@ -45,7 +45,11 @@ mkdir -p "$WORK"
 BUILDAH=(buildah --root "$WORK/storage" --runroot "$WORK/run")
 SERVER_PID=""
 cleanup() {
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  local rc=$?  # the script's status: the checks', not the stopped server's
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
   if [ "${GALAXYPAINT_IMAGE_KEEP:-0}" != 1 ]; then
     "${BUILDAH[@]}" umount --all >/dev/null 2>&1 || true
     "${BUILDAH[@]}" rm --all >/dev/null 2>&1 || true
@@ -56,6 +60,7 @@ cleanup() {
   else
     say "kept $WORK"
   fi
+  exit "$rc"
 }
 trap cleanup EXIT
 
