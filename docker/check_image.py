@@ -83,6 +83,12 @@ def main() -> int:
     if health.returncode:
         failures.append(f"the image's healthcheck exited {health.returncode}: {health.stderr.strip()[-300:]}")
 
+    # the web pages: templates and static files are package data, which only a non-editable install shows
+    page, css = httpx.get(f"{a.url}/", timeout=10), httpx.get(f"{a.url}/static/app.css", timeout=10)
+    print(f"[image] web pages: / {page.status_code} ({len(page.content):,} bytes), /static/app.css {css.status_code}")
+    if page.status_code != 200 or "Model registry" not in page.text or css.status_code != 200:
+        failures.append(f"the web pages are not served from the image (/ {page.status_code}, css {css.status_code})")
+
     token = read_token_file(a.data_dir)  # written by the server, as the image's user, in the mounted directory
     if not token:
         failures.append("the server wrote no token file into the mounted data directory")

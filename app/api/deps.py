@@ -75,24 +75,31 @@ def _matches(given: str, expected: str | None) -> bool:
     return expected is not None and secrets.compare_digest(given.encode(), expected.encode())
 
 
+def authorize(tokens: Tokens, given: str, required: Scope, client: str) -> Caller:
+    """The caller a presented token makes for a ``required`` scope, or the 401/403 the API answers.
+
+    The one place the scope rules live: bearer headers here, the web pages' session cookies
+    (``app.web.session``, which presents the token its login was made with)."""
+    if tokens.admin is None and tokens.submit is None:  # GALAXYPAINT_ALLOW_ANONYMOUS_WRITES=true
+        return Caller("anonymous", client)
+    if _matches(given, tokens.admin):
+        return Caller("admin", client)
+    if required == "submit" and _matches(given, tokens.submit):
+        return Caller("submit", client)
+    if given and _matches(given, tokens.submit):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "authorization: this token may submit and read jobs, "
+                                                       "but moving aliases needs the admin token")
+    raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"authorization: a valid bearer token of the {required} "
+                                                      "scope is required (Authorization: Bearer ...)",
+                        headers={"WWW-Authenticate": "Bearer"})
+
+
 def _caller(required: Scope):
     def check(request: Request,
               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Caller:
-        tokens: Tokens = request.app.state.tokens
         client = (request.client.host if request.client else "-")
-        if tokens.admin is None and tokens.submit is None:  # GALAXYPAINT_ALLOW_ANONYMOUS_WRITES=true
-            return Caller("anonymous", client)
         given = credentials.credentials if credentials is not None else ""
-        if _matches(given, tokens.admin):
-            return Caller("admin", client)
-        if required == "submit" and _matches(given, tokens.submit):
-            return Caller("submit", client)
-        if given and _matches(given, tokens.submit):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "authorization: this token may submit and read jobs, "
-                                                           "but moving aliases needs the admin token")
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"authorization: a valid bearer token of the {required} "
-                                                          "scope is required (Authorization: Bearer ...)",
-                            headers={"WWW-Authenticate": "Bearer"})
+        return authorize(request.app.state.tokens, given, required, client)
 
     return check
 

@@ -31,6 +31,7 @@ from app.api.jobs import JobRunner, JobStore
 from app.core.registry import Registry
 from app.core.settings import Settings
 from app.core.tokens import load_or_create_token
+from app.web.routes import install as install_web
 
 
 def tokens_for(settings: Settings) -> Tokens:
@@ -108,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ServiceMiddleware, settings=settings, metrics=metrics)
     for router in (health.router, predict.router, models.router, runs.router, jobs.router, v2.router):
         app.include_router(router)
+    if settings.web_ui:  # the browser pages under / (off: they answer 404, the API is unchanged)
+        install_web(app, settings)
     _declare_bodies(app, (PredictRequest, InferenceRequest))
     return app
 

@@ -39,7 +39,7 @@ class BodyTooLarge(HTTPException):
 
 def body_limit(settings: Settings, method: str, path: str) -> int:
     """The largest request body a route accepts, in bytes (decompressed)."""
-    if method == "POST" and path == "/v1/jobs/paint":
+    if method == "POST" and path in ("/v1/jobs/paint", "/paint"):  # /paint: the web page's upload (app.web)
         return settings.max_upload_bytes + MULTIPART_OVERHEAD
     if method == "POST" and (path == "/v1/predict" or (path.startswith("/v2/models/") and path.endswith("/infer"))):
         return settings.max_json_bytes

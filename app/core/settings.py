@@ -67,6 +67,11 @@ class Settings(BaseSettings):
                                                                    "oldest finished jobs' files go first beyond it")
     # --- observability
     log_json: bool = Field(True, description="structured JSON log lines (false: plain text)")
+    # --- the browser pages under / (app.web): same token scopes as the API, through a session cookie
+    web_ui: bool = Field(True, description="serve the web pages (registry, runs, predict, paint, jobs) under /; "
+                                           "false: they answer 404 and only the API is served")
+    web_session_hours: float = Field(8.0, gt=0, le=24 * 30, description="lifetime [h] of a web login's session "
+                                                                      "cookie (the token is asked again after it)")
 
     @field_validator("admin_token", "api_token", mode="before")
     @classmethod
