@@ -47,7 +47,8 @@ def responses(*codes: int, v2: bool = False) -> dict[int | str, dict]:
             for code in sorted({*codes, 400, 413, 415, 422, 500})}
 
 
-def _status_of(exc: Exception) -> int:
+def status_of(exc: Exception) -> int:
+    """The HTTP status of a registry error (the web pages map them the same way)."""
     if isinstance(exc, ModelNotFound):
         return 404
     if isinstance(exc, InvalidReference):
@@ -65,7 +66,8 @@ def error_response(request: Request, status: int, message: str, headers: dict | 
     return JSONResponse({key: message, "request_id": rid}, status_code=status, headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+def validation_message(exc: RequestValidationError) -> str:
+    """A request's validation errors in one line, each naming its field (at most five)."""
     parts = []
     for err in exc.errors():
         where = list(err.get("loc", ()))
@@ -80,7 +82,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(request, 422, _validation_message(exc))
+        return error_response(request, 422, validation_message(exc))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
@@ -92,7 +94,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RegistryError)
     async def _registry(request: Request, exc: RegistryError) -> JSONResponse:
-        status = _status_of(exc)
+        status = status_of(exc)
         if status == 500:
             log.error("registry error: %s", exc)
         return error_response(request, status, f"model: {exc}")

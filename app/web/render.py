@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 
 from app import __version__
 from app.api.dataplane import DataPlaneError
-from app.api.errors import _status_of, _validation_message
+from app.api.errors import status_of, validation_message
 from app.api.jobs import JobError
 from app.api.observability import log
 from app.core.catalogs import CatalogError
@@ -88,18 +88,18 @@ def error_page(request: Request, status: int, message: str) -> Response:
     return render(request, "error.html", status_code=status, status=status, message=message, request_id=rid)
 
 
-def _error_of(exc: Exception) -> tuple[int, str] | None:
+def error_of(exc: Exception) -> tuple[int, str] | None:
     """(status, message) of a known error, mapped as the API maps it (``app.api.errors``)."""
     if isinstance(exc, HTTPException):
         return exc.status_code, str(exc.detail)
     if isinstance(exc, RequestValidationError):
-        return 422, _validation_message(exc)
+        return 422, validation_message(exc)
     if isinstance(exc, ValidationError):  # a request model the route builds from form fields
         return 422, "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
     if isinstance(exc, DataPlaneError):
         return exc.status, f"{exc.field}: {exc}" if exc.field else str(exc)
     if isinstance(exc, RegistryError):
-        return _status_of(exc), f"model: {exc}"
+        return status_of(exc), f"model: {exc}"
     if isinstance(exc, CatalogError):
         return 422, f"catalog: {exc}"
     if isinstance(exc, JobError):
@@ -137,7 +137,7 @@ class WebRoute(APIRoute):
                 response = login_redirect(request) if request.method == "GET" else error_page(
                     request, 401, "authorization: log in first (the link at the top of the page)")
             except Exception as exc:  # noqa: BLE001 - every error becomes a page; unknown ones are logged
-                known = _error_of(exc)
+                known = error_of(exc)
                 if known is None:
                     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
                     known = (500, "internal error: the server could not answer this request; quote the request id "

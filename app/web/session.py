@@ -14,6 +14,9 @@ the API's scope rules), so rotating a token ends every session made with it.
 Every state-changing form carries the session's CSRF token (synchronizer pattern), checked by
 ``app.web.render.WebRoute`` before the route runs.  Visitors who have not logged in get a session
 without a scope when a page with a form is rendered (the login form is a state-changing form too).
+Those rows are made by anyone who can reach the server, without a token, so their number is bounded:
+beyond ``MAX_VISITOR_SESSIONS`` live ones, making a visitor's session ends the oldest visitors' sessions
+(whose forms then ask to be reloaded); logged-in sessions are never ended to make room for visitors.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ CSRF_FIELD = "csrf_token"
 DB_FILE = ".galaxypaint-web.sqlite"
 #: a visitor's session (no login yet: it only carries the CSRF token of the login form) lasts this long
 VISITOR_SECONDS = 3600.0
+#: at most this many visitors' sessions live at once (anonymous page views must not grow the file without bound)
+MAX_VISITOR_SESSIONS = 10_000
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class SessionStore:
                 conn.execute(text("CREATE TABLE IF NOT EXISTS web_sessions (sid_hash VARCHAR(64) PRIMARY KEY, "
                                   "csrf VARCHAR(64) NOT NULL, scope VARCHAR(16) NOT NULL, "
                                   "token_digest VARCHAR(64) NOT NULL, expires FLOAT NOT NULL)"))
+                conn.execute(text("CREATE INDEX IF NOT EXISTS web_sessions_scope_expires "
+                                  "ON web_sessions (scope, expires)"))
             self._ready = True
 
     def create(self, scope: str = "", token_digest: str = "") -> Session:
@@ -76,6 +83,10 @@ class SessionStore:
         self._table()
         with self.engine.begin() as conn:
             conn.execute(text("DELETE FROM web_sessions WHERE expires < :now"), {"now": time.time()})
+            if not scope:  # room for one more visitor: the newest MAX_VISITOR_SESSIONS - 1 others are kept
+                conn.execute(text("DELETE FROM web_sessions WHERE sid_hash IN (SELECT sid_hash FROM web_sessions "
+                                  "WHERE scope = '' ORDER BY expires DESC, rowid DESC LIMIT -1 OFFSET :keep)"),
+                             {"keep": max(MAX_VISITOR_SESSIONS - 1, 0)})
             conn.execute(text("INSERT INTO web_sessions VALUES (:h, :csrf, :scope, :digest, :expires)"),
                          {"h": _digest(session.sid), "csrf": session.csrf, "scope": scope, "digest": token_digest,
                           "expires": session.expires})

@@ -1,5 +1,6 @@
 """What the pages show, as plain data: the registry grouped, a run's figures and metrics, the catalogs
-a job may read.  No HTTP and no HTML here (the templates lay it out), so it is tested directly.
+a job may read and the column presets it may convert them with, a P(k) job's summary.  No HTTP and no
+HTML here (the templates lay it out), so it is tested directly.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.catalogs import CatalogError, detect_format
+from app.core.column_presets import PRESET_NAMES, TRAINED_MASS_DEFINITION, get_preset
 from app.core.registry import DEFAULT_ALIAS, ModelVersion, Registry
 from app.core.schema import COLUMNS, FEATURES, TARGET_NAMES
 
@@ -164,3 +166,48 @@ def data_catalogs(data_dir: Path) -> list[str]:
             if len(found) >= MAX_CATALOGS:
                 return found
     return found
+
+
+@dataclass
+class Preset:
+    name: str  # the value the API's ``column_preset`` takes
+    title: str  # the code or simulation writing such catalogs
+    converts: list[str]  # "M_h = log10(Mvir)", ... : the halo features it makes, for people
+    note: str = ""  # a mass definition other than the models' own
+    lacks: list[str] = field(default_factory=list)  # features such catalogs do not have: to map from columns
+
+
+def column_presets() -> list[Preset]:
+    """The column presets a paint job may apply (``app.core.column_presets``), with the features each
+    converts from the catalog's own columns and units."""
+    features = {c.name for c in FEATURES}
+    out = []
+    for name in PRESET_NAMES:
+        preset = get_preset(name)
+        note = ("" if preset.mass_definition == TRAINED_MASS_DEFINITION else
+                f"{preset.mass_definition}, not the {TRAINED_MASS_DEFINITION} the models were trained on")
+        out.append(Preset(name, preset.title, [f"{c.column} = {c.formula}" for c in preset.conversions
+                                               if c.column in features], note,
+                          [c.name for c in FEATURES if c.name in preset.absent]))
+    return out
+
+
+# ----------------------------------------------------------------------------- P(k) jobs
+
+#: a P(k) job's summary columns (key in its ``result["summary"]`` rows, heading, format or None for text):
+#: a catalog's P(k) (predicted vs true) or an ensemble's (sampled catalogs vs the true one); a column
+#: is shown when the rows have it
+PK_COLUMNS = (("target", "Property", None), ("bin", "Bin", None), ("range", "Range", None),
+              ("n_pred", "N predicted", ".0f"), ("n_true", "N true", ".0f"),
+              ("n_sample_mean", "N sampled (mean)", ".1f"), ("n_sample_std", "N sampled (std)", ".1f"),
+              ("chi2", "χ²", ".4g"), ("chi2_dof", "χ²/dof", ".3g"),
+              ("rel_diff_pct", "Mean (P_pred − P_true)/P_true [%]", "+.2f"), ("consistency", "Consistency", ".3g"),
+              ("rel_bias", "Mean |⟨P⟩/P_true − 1|", ".3f"))
+
+
+def pk_summary(job: dict[str, Any]) -> tuple[list[tuple[str, str, str | None]], list[dict[str, Any]]]:
+    """(columns, rows) of a succeeded P(k) job's summary table; ([], []) for any other job."""
+    rows = (job.get("result") or {}).get("summary") if job.get("kind") == "pk" else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        return [], []
+    return [c for c in PK_COLUMNS if any(c[0] in r for r in rows)], rows

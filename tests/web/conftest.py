@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,22 @@ def login(client, token: str = TOKEN) -> None:
     page = client.get("/login")
     r = client.post("/login", data={"token": token, "csrf_token": csrf_of(page.text), "next": "/"})
     assert r.status_code == 303, r.text
+
+
+def wait_job(client, job_url: str, seconds: float = 120.0) -> dict:
+    """The job's status once it has ended (``job_url``: its page, ``/jobs/<id>``), polled as its page does."""
+    status: dict = {}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        status = client.get(job_url + "/status").json()
+        if status["status"] in ("succeeded", "failed", "canceled"):
+            break
+        time.sleep(0.1)
+    return status
+
+
+def api_job(client, job_id: str) -> dict:
+    """The job as the API shows it (bearer token: the API's own view, not the page's)."""
+    r = client.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200, r.text
+    return r.json()

@@ -19,9 +19,9 @@ from app.core.schema import FEATURE_NAMES, TARGET_NAMES
 from tests.api.conftest import SUBMIT_TOKEN, TOKEN, start_server, stop_server
 
 from .conftest import HALO, chrome, private_copy
-from .test_pages import catalog_csv
 
 WAIT_S = 60.0
+UPLOAD_HALOS = 1000  # enough for every property bin of its P(k) to hold galaxies
 
 
 def _missing() -> str | None:
@@ -79,9 +79,24 @@ def page(browser, live):
 
 
 def _wait(driver, condition, what: str):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(condition, message=what)
+    # a page that reloads itself (a job page when its job ends) replaces its elements between a lookup and
+    # its use: that is a reason to look again, not a failure
+    from selenium.common.exceptions import WebDriverException
+
+    def retried(d):
+        try:
+            return condition(d)
+        except WebDriverException as exc:  # chromedriver's words for an element of a page already replaced
+            if "does not belong to the document" in str(exc):
+                return False
+            raise
+
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                         ).until(retried, message=what)
 
 
 def _by_id(driver, element_id: str):
@@ -140,18 +155,22 @@ def test_the_one_halo_form_answers_a_stellar_mass(page):
     assert "log10 Msun/h" in _by_id(driver, "pred-smass").text
 
 
-def test_a_catalog_uploaded_is_painted_and_its_result_downloaded(page, live, downloads, tmp_path):
+def test_a_catalog_uploaded_is_painted_its_result_downloaded_and_its_pk_measured(page, live, downloads, tmp_path):
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
+    from app.core.catalogs import write_table
+    from training.demo_catalog import make_demo_catalog
+
     _login(page("/"), live[0], SUBMIT_TOKEN)
-    source = tmp_path / "my halos.csv"
-    source.write_bytes(catalog_csv(40, seed=3))
+    source = tmp_path / "my halos.parquet"  # a demo catalog: positions and true properties
+    write_table(make_demo_catalog(n=UPLOAD_HALOS, seed=3), source)
     driver = page("/paint")
     _by_id(driver, "file").send_keys(str(source))
     Select(_by_id(driver, "output_format")).select_by_value("csv")
     _submit(driver)
     assert "/jobs/job-" in driver.current_url
-    assert _by_id(driver, "job-source").text == "my halos.csv"
+    assert _by_id(driver, "job-source").text == "my halos.parquet"
     _wait(driver, lambda d: d.find_element("id", "job-status").text in ("succeeded", "failed"), "the job's end")
     assert _by_id(driver, "job-status").text == "succeeded", driver.find_element("tag name", "main").text
     job_id = driver.current_url.rsplit("/", 1)[1]
@@ -163,7 +182,27 @@ def test_a_catalog_uploaded_is_painted_and_its_result_downloaded(page, live, dow
         return done[0] if done else None
 
     result = pd.read_csv(_wait(driver, downloaded, f"the download ({expected.name})"))
-    assert len(result) == 40 and {"smass_pred", "sSFR_pred", "radius_pred", "color_pred"} <= set(result.columns)
+    assert len(result) == UPLOAD_HALOS and {f"{t}_pred" for t in TARGET_NAMES} <= set(result.columns)
+
+    # its P(k), from the job's page: a painted CSV records no box (the API's 422 is shown beside the form);
+    # with the box typed in, a P(k) job at the form's default mesh
+    assert _by_id(driver, "pk-box").get_attribute("value") == ""
+    assert _by_id(driver, "pk-nmesh").get_attribute("value") == "128"
+    _submit(driver)
+    assert _by_id(driver, "pk-problem").text.startswith("box: ")
+    _by_id(driver, "pk-box").send_keys("205")
+    _submit(driver)
+    assert "/jobs/job-" in driver.current_url and not driver.current_url.endswith(job_id)
+    assert _by_id(driver, "job-source").text == job_id
+    _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#pk-figure, #job-error"), "the P(k) job's end")
+    assert not driver.find_elements(By.ID, "job-error"), driver.find_element(By.ID, "job-error").text
+    img = driver.find_element(By.CSS_SELECTOR, "#pk-figure img")
+    driver.execute_script("arguments[0].scrollIntoView();", img)
+    _wait(driver, lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img),
+          "the P(k) figure loaded")
+    assert driver.execute_script("return arguments[0].naturalWidth", img) > 100
+    rows = _by_id(driver, "pk-summary").find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert len(rows) == 2 * len(TARGET_NAMES)  # two bins of each painted property
 
 
 def test_promoting_an_alias_needs_a_login_and_the_forms_csrf_token(page, live):
@@ -210,12 +249,21 @@ def test_the_pages_have_no_serious_accessibility_violations(page, live):
     _login(page("/"), live[0], TOKEN)
     driver = page("/paint")
     Select(_by_id(driver, "catalog")).select_by_value("sub/halos.parquet")
+    driver.find_element("css selector", "input[name=targets][value=smass]").click()  # P(k): both bins populated
     _submit(driver)
     job = driver.current_url.removeprefix(live[0])
+    # the finished job's page (its P(k) form) and a P(k) job's page (figure and table) are checked too
+    _wait(driver, lambda d: d.find_elements("id", "pk-form"), "the paint job's end")
+    field = _by_id(driver, "pk-nmesh")
+    field.clear()
+    field.send_keys("32")
+    _submit(driver)
+    _wait(driver, lambda d: d.find_elements("css selector", "#pk-figure, #job-error"), "the P(k) job's end")
+    pk_job = driver.current_url.removeprefix(live[0])
     query = "&".join(f"{k}={v}" for k, v in HALO.items())
     found = {}
     for path in ("/", "/runs", f"/runs/{live[1]}", "/models/smass-raw-stack", "/models/smass-raw-stack/versions/1",
-                 "/predict", f"/predict?{query}", "/paint", "/jobs", job, "/login"):
+                 "/predict", f"/predict?{query}", "/paint", "/jobs", job, pk_job, "/login"):
         driver = page(path)
         _by_id(driver, "main")
         driver.execute_script(axe)

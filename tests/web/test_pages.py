@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import io
-import time
 
 import numpy as np
 import pandas as pd
 
+from app.core.column_presets import PRESET_NAMES
 from app.core.schema import FEATURE_NAMES, TARGET_NAMES
 from app.web import views
 
-from .conftest import HALO, csrf_of, login
+from .conftest import HALO, api_job, csrf_of, login, wait_job
 
 
 def catalog_csv(n: int, seed: int = 0) -> bytes:
@@ -101,12 +101,7 @@ def test_a_paint_job_from_the_form_to_the_download(make_client):
     job_url = r.headers["location"]
     page = client.get(job_url).text
     assert '<noscript><meta http-equiv="refresh"' in page and 'src="/static/job.js"' in page
-    status = {}
-    for _ in range(600):
-        status = client.get(job_url + "/status").json()
-        if status["status"] in ("succeeded", "failed", "canceled"):
-            break
-        time.sleep(0.1)
+    status = wait_job(client, job_url)
     assert status["status"] == "succeeded", status
     page = client.get(job_url).text
     assert "job.js" not in page and "refresh" not in page  # finished: nothing follows it any more
@@ -130,3 +125,26 @@ def test_a_bad_submission_is_answered_with_the_apis_message(make_client):
     assert r.status_code == 403 and "outside the server" in r.text
     r = client.post("/paint", data={"csrf_token": csrf, "catalog": "sub/halos.parquet", "seed": "x"})
     assert r.status_code == 422 and "seed" in r.text
+
+
+def test_the_paint_form_offers_the_column_presets_and_the_job_records_the_choice(make_client):
+    client = make_client()
+    login(client)
+    paint = client.get("/paint").text
+    assert '<label for="column_preset">' in paint and '<option value="">' in paint
+    for name in PRESET_NAMES:
+        assert f'<option value="{name}">' in paint, name
+    assert "M_h = log10(Mvir)" in paint and "not the M200c the models were trained on" in paint
+    r = client.post("/paint", data={"csrf_token": csrf_of(paint), "catalog": "sub/halos.parquet",
+                                    "column_preset": "consistent-trees", "columns": "Delta3_h=Delta3_h"})
+    assert r.status_code == 303, r.text
+    job_id = r.headers["location"].removeprefix("/jobs/")
+    params = api_job(client, job_id)["params"]
+    assert params["column_preset"] == "consistent-trees" and params["columns"] == {"Delta3_h": "Delta3_h"}
+    assert "column_preset&#34;: &#34;consistent-trees" in client.get(r.headers["location"]).text  # its parameters
+    # none chosen: no preset; an unknown one: the API's 422 naming the field
+    r = client.post("/paint", data={"csrf_token": csrf_of(paint), "catalog": "sub/halos.parquet", "column_preset": ""})
+    assert "column_preset" not in api_job(client, r.headers["location"].removeprefix("/jobs/"))["params"]
+    r = client.post("/paint", data={"csrf_token": csrf_of(paint), "catalog": "sub/halos.parquet",
+                                    "column_preset": "<b>sextractor</b>"})
+    assert r.status_code == 422 and "column_preset: " in r.text and "<b>sextractor" not in r.text

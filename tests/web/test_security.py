@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
+from contextlib import closing
 
 import pytest
 
@@ -191,3 +193,40 @@ def test_reading_pages_without_a_cookie_writes_nothing_to_the_data_directory(mak
     assert not list(data.glob(".galaxypaint-web*"))
     client.get("/login")
     assert (data / ".galaxypaint-web.sqlite").exists()
+
+
+def test_visitors_sessions_are_bounded_and_never_end_a_login(make_client, monkeypatch, tmp_path):
+    """Anonymous page views make sessions (for the forms' CSRF tokens): beyond the cap, the oldest visitors'
+    sessions make room; logged-in sessions are neither evicted nor counted."""
+    from app.web import session
+
+    monkeypatch.setattr(session, "MAX_VISITOR_SESSIONS", 3)
+    store = session.SessionStore(tmp_path, 3600.0)
+    admin = store.create("admin", "d" * 64)
+    visitors = [store.create() for _ in range(7)]
+    logins = [store.create("submit", "e" * 64) for _ in range(4)]  # more than the cap: all kept
+    assert [store.get(v.sid) is not None for v in visitors] == [False] * 4 + [True] * 3
+    assert all(store.get(s.sid) is not None for s in (admin, *logins))
+    with closing(sqlite3.connect(tmp_path / session.DB_FILE)) as db:
+        rows = dict(db.execute("SELECT scope, COUNT(*) FROM web_sessions GROUP BY scope").fetchall())
+    assert rows == {"": 3, "admin": 1, "submit": 4}
+
+    # through the pages: a logged-in browser stays logged in while visitors come and go
+    client = make_client()
+    login(client)
+    logged_in = dict(client.cookies)
+    forms = []  # (CSRF token, cookies) of five visitors' login forms
+    for _ in range(5):
+        client.cookies.clear()
+        csrf = csrf_of(client.get("/login").text)
+        forms.append((csrf, dict(client.cookies)))
+    with closing(sqlite3.connect(client.app.state.settings.data_dir / session.DB_FILE)) as db:
+        assert db.execute("SELECT COUNT(*) FROM web_sessions WHERE scope = ''").fetchone()[0] == 3
+    for i, (csrf, cookies) in enumerate(forms):  # an evicted visitor's form asks to be reloaded
+        client.cookies.clear()
+        client.cookies.update(cookies)
+        r = client.post("/login", data={"token": "wrong", "csrf_token": csrf})
+        assert r.status_code == (403 if i < 2 else 401), i
+    client.cookies.clear()
+    client.cookies.update(logged_in)
+    assert client.get("/jobs").status_code == 200

@@ -84,7 +84,8 @@ def _targets(value: str | list[str] | None) -> list[str] | None:
     return items
 
 
-def _job(jobs, job_id: str) -> dict:
+def job_or_404(jobs, job_id: str) -> dict:
+    """The job ``job_id`` (a stored row, paths not yet made public), or the 404 naming ``job_id``."""
     if not _JOB_ID.match(job_id):
         raise HTTPException(404, f"job_id: no job {job_id[:80]!r}")
     try:
@@ -235,7 +236,7 @@ def submit_pk(req: PkJobRequest, settings: SettingsDep, jobs: JobsDep, runner: R
         raise HTTPException(422, f"nmesh: {req.nmesh} is above this server's limit of {settings.max_pk_nmesh} "
                                  "(memory grows as nmesh^3)")
     if req.job_id is not None:
-        paint = _job(jobs, req.job_id)
+        paint = job_or_404(jobs, req.job_id)
         if paint["kind"] != "paint" or paint["status"] != "succeeded" or paint.get("expired"):
             raise HTTPException(409, f"job_id: {req.job_id} is a {paint['kind']} job with status {paint['status']}"
                                      f"{' (files deleted)' if paint.get('expired') else ''}; a succeeded paint job "
@@ -281,7 +282,7 @@ def list_jobs(jobs: JobsDep, settings: SettingsDep, _: SubmitDep,
 
 @router.get("/{job_id}", response_model=JobInfo, responses=responses(401, 403, 404))
 def get_job(job_id: str, jobs: JobsDep, settings: SettingsDep, _: SubmitDep) -> dict:
-    return public(_job(jobs, job_id), settings)
+    return public(job_or_404(jobs, job_id), settings)
 
 
 @router.get("/{job_id}/result", response_class=FileResponse, responses={
@@ -291,7 +292,7 @@ def get_result(job_id: str, jobs: JobsDep, settings: SettingsDep, _: SubmitDep,
                part: Annotated[str, Query(description="file, figure, csv, summary_csv or invalid (the rows "
                                                        "a paint job dropped with on_invalid=drop)")] = "file",
                ) -> FileResponse:
-    job = _job(jobs, job_id)
+    job = job_or_404(jobs, job_id)
     if part not in RESULT_PARTS:
         raise HTTPException(422, f"part: one of {', '.join(RESULT_PARTS)}")
     if job["status"] != "succeeded":
@@ -311,7 +312,7 @@ def get_result(job_id: str, jobs: JobsDep, settings: SettingsDep, _: SubmitDep,
 @router.delete("/{job_id}", response_model=JobInfo, responses=responses(401, 403, 404))
 def delete_job(job_id: str, jobs: JobsDep, runner: RunnerDep, settings: SettingsDep, caller: SubmitDep) -> dict:
     """An active job is canceled (its worker is stopped); a finished one is deleted with its files."""
-    job = _job(jobs, job_id)
+    job = job_or_404(jobs, job_id)
     if job["status"] in FINAL:
         jobs.delete(job_id, settings.data_dir)
         audit("job.delete", job_id=job_id, scope=caller.scope, client=caller.client)
