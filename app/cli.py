@@ -105,6 +105,14 @@ def _box(given: float | None, df, source, hint: str = "", warn: bool = True) -> 
     return box
 
 
+def _box_record(df) -> dict:
+    """``{"box": L}`` when the input records its box (an output keeps it for ``pk``), else {}."""
+    from app.core.box import recorded_box
+
+    box = recorded_box(df.attrs)
+    return {} if box is None else {"box": box}
+
+
 def _preset_warning(args: argparse.Namespace) -> dict:
     """The metadata of ``--preset-columns`` (empty without it), its mass-definition warning printed."""
     if not getattr(args, "preset_columns", None):
@@ -421,7 +429,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                  "variant": args.variant, **mode.describe(),
                                                  "id_column": id_col or "row number in the input file",
                                                  "on_invalid": _on_invalid(args), **preset,
-                                                 "galaxypaint": __version__})
+                                                 **_box_record(df), "galaxypaint": __version__})
     if args.drop_invalid:  # listed even when empty: no stale listing stays beside a new output
         from app.core.catalogs import write_invalid
 

@@ -385,7 +385,9 @@ class Client:
         elif isinstance(path_or_frame, pd.DataFrame):
             with tempfile.TemporaryDirectory(prefix="galaxypaint-") as tmp:
                 upload = Path(tmp) / "frame.parquet"
-                path_or_frame.to_parquet(upload, index=False)
+                from app.core.catalogs import write_table
+
+                write_table(path_or_frame, upload)  # with the frame's metadata: its box travels along
                 job = self._upload(upload, form)
         else:
             upload = Path(path_or_frame)

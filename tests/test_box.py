@@ -73,7 +73,7 @@ def test_pk_reads_the_box_from_the_catalog_and_requires_box_without_one(tmp_path
     assert json.loads((tmp_path / "c" / "pk.json").read_text())["box"] == 120.0
 
 
-def test_painted_files_record_the_box_so_their_pk_needs_none(tmp_path, trained):
+def test_painted_and_predicted_files_record_the_box_so_their_pk_needs_none(tmp_path, trained):
     root, _ = trained
     registry, halos = root / "models", root / "data" / "halos.parquet"  # the demo catalog's box, 205
     out = tmp_path / "painted.parquet"
@@ -84,6 +84,12 @@ def test_painted_files_record_the_box_so_their_pk_needs_none(tmp_path, trained):
     res = run_cli("pk", "--catalog", str(out), "--out", str(tmp_path / "pk"), "--nmesh", "16", "--targets", "smass")
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((tmp_path / "pk" / "pk.json").read_text())["box"] == 205.0
+
+    # so do predicted tables
+    res = run_cli("predict", "--data", str(halos), "--registry", str(registry), "--out", str(tmp_path / "pred.parquet"),
+                  "--targets", "smass")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert read_table(tmp_path / "pred.parquet").attrs["galaxypaint"]["box"] == 205.0
 
     # --compute-delta3 takes the recorded box; a CSV (no metadata) needs --box
     res = run_cli("paint", "--catalog", str(halos), "--registry", str(registry), "--out", str(tmp_path / "d3.parquet"),

@@ -112,6 +112,9 @@ def test_paint_waits_and_equals_local_painting(live, tmp_path):
         frame = read_table(halos).iloc[:300]
         saved = gp.paint(frame, out=tmp_path / "remote.csv", progress=False)
         assert saved == tmp_path / "remote.csv" and len(read_table(saved)) == 300
+        # the frame's metadata goes with it: the painted file records the catalog's box for P(k)
+        assert gp.paint(frame, out=tmp_path / "remote.parquet", progress=False) == tmp_path / "remote.parquet"
+        assert read_table(tmp_path / "remote.parquet").attrs["galaxypaint"]["box"] == frame.attrs["galaxypaint"]["box"]
         job = gp.paint(halos, wait=False, targets=["smass"])
         assert job["id"].startswith("job-") and job["status"] in ("pending", "running", "succeeded")
         done = gp.wait(job, progress=False)

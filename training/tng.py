@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from app.core.catalogs import CatalogError, read_table
+from app.core.catalogs import METADATA_KEY, CatalogError, read_table
 # TNG's units and the conversions are shared with ``--preset-columns tng`` (one definition of each)
 from app.core.column_presets import (BAND_INDEX, G_KPC_KMS2_MSUN, TNG_KPC_PER_MPC,  # noqa: F401  (re-exported)
                                      TNG_MASS_UNIT, bullock_spin, log_ssfr)
@@ -174,4 +174,6 @@ def ingest_tng(groupcat: str | Path, snap: int = 99, aux: str | Path | None = No
     df = df[[c for c in order if c in df.columns]].reset_index(drop=True)
     df.attrs["box"] = box
     df.attrs["redshift"] = header["Redshift"]
+    # where write_table looks: the table written by a library caller keeps its box too
+    df.attrs[METADATA_KEY] = {"kind": "tng-centrals", "box": box, "redshift": header["Redshift"]}
     return df

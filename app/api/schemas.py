@@ -168,8 +168,9 @@ class PkJobRequest(BaseModel):
     path: DataPath | None = Field(None, description="or a painted catalog, relative to the server's data directory")
     truth: DataPath | None = Field(None, description="optional catalog with the true properties (same rows), "
                                                      "relative to the data directory")
-    box: float | None = Field(None, gt=0, le=1e5, description="periodic box side [Mpc/h]; default: the box the "
-                                                                "catalog's metadata records (required without)")
+    box: float | None = Field(None, gt=0, le=1e5, allow_inf_nan=False,
+                              description="periodic box side [Mpc/h]; default: the box the catalog's metadata "
+                                          "records (required without)")
     nmesh: int = Field(256, ge=8, le=2048, description="FFT mesh per side (the server's limit applies)")
     targets: list[str] | None = Field(None, max_length=8)
     edges: dict[str, Annotated[list[float], Field(min_length=3, max_length=3)]] | None = Field(
