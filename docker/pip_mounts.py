@@ -10,6 +10,7 @@ variables winning, as they do for pip."""
 from __future__ import annotations
 
 import ast
+import configparser
 import os
 import subprocess
 import sys
@@ -38,7 +39,9 @@ def effective_config() -> dict[tuple[str, str], str]:
             env[("global", option)] = value
         else:
             files[(section, option)] = value
-    return {**files, **env}
+    # a variable overrides the option in every section of the files (pip's precedence), not only [global]
+    env_options = {option for _, option in env}
+    return {**{key: v for key, v in files.items() if key[1] not in env_options}, **env}
 
 
 def local_paths(value: str) -> list[Path]:
@@ -63,14 +66,17 @@ def main(argv: list[str]) -> int:
         print("usage: python docker/pip_mounts.py OUT.conf", file=sys.stderr)
         return 2
     config = effective_config()
-    sections: dict[str, list[str]] = {}
+    # configparser indents a multi-line value's continuation lines, as pip's own parser needs them
+    out = configparser.ConfigParser(interpolation=None)
     paths: list[Path] = []
     for (section, option), value in sorted(config.items()):
-        sections.setdefault(section, []).append(f"{option} = {value}")
+        if not out.has_section(section):
+            out.add_section(section)
+        out.set(section, option, value)
         if option in PATH_OPTIONS:
             paths += [p for p in local_paths(value) if p not in paths]
-    text = "".join(f"[{s}]\n" + "".join(f"{line}\n" for line in lines) for s, lines in sections.items())
-    Path(argv[0]).write_text(text)
+    with open(argv[0], "w") as fh:
+        out.write(fh)
     os.chmod(argv[0], 0o644)
     print("\n".join(str(p) for p in paths))
     return 0

@@ -11,10 +11,11 @@
 # its health check, one prediction and one paint job through the mounted data directory against
 # the same commands run outside the image.  The image size is reported.
 #
-# Skips with one line only where buildah or debootstrap are absent and cannot be installed (no root,
-# no apt-get).  Environment: GALAXYPAINT_IMAGE_WORK (scratch directory, default a new temporary one,
-# removed at the end), PYTHON (the interpreter with galaxypaint installed, default .venv/bin/python),
-# GALAXYPAINT_IMAGE_KEEP=1 keeps the scratch directory and the image store for a look afterwards.
+# Skips with one line only where it cannot run at all: not root, or buildah/debootstrap absent and no
+# apt-get to install them.  Environment: GALAXYPAINT_IMAGE_WORK (where its scratch directory is made,
+# default /tmp; the scratch directory is removed at the end), PYTHON (the interpreter with galaxypaint
+# installed, default .venv/bin/python), GALAXYPAINT_IMAGE_KEEP=1 keeps the scratch directory and the
+# image store for a look afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -24,23 +25,30 @@ PY_TAG=3.11
 say() { printf '[image] %s\n' "$*"; }
 elapsed() { echo "$(( $(date +%s) - $1 )) s"; }
 
+if [ "$(id -u)" != 0 ]; then  # debootstrap, chroot builds and the data directory's owner need root
+  echo "docker/test-image.sh: skipped: building and serving the image needs root (buildah, debootstrap)"
+  exit 0
+fi
 need=()
 command -v buildah >/dev/null || need+=(buildah)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  if command -v apt-get >/dev/null; then
     say "installing ${need[*]} (apt-get)"
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    apt-get update -qq >/dev/null || { echo "docker/test-image.sh: apt-get update failed" >&2; exit 1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
+      || { echo "docker/test-image.sh: apt-get install ${need[*]} failed" >&2; exit 1; }
   else
-    echo "docker/test-image.sh: skipped: ${need[*]} not installed and not installable here (needs root and apt-get)"
+    echo "docker/test-image.sh: skipped: ${need[*]} not installed and not installable here (no apt-get)"
     exit 0
   fi
 fi
 grep -q "^ARG PYTHON=${PY_TAG}\$" Dockerfile \
   || { echo "docker/test-image.sh: the Dockerfile's ARG PYTHON is not ${PY_TAG}, the python3 of Debian ${SUITE}" >&2; exit 1; }
 
-WORK=${GALAXYPAINT_IMAGE_WORK:-$(mktemp -d /tmp/galaxypaint-image.XXXXXX)}
-mkdir -p "$WORK"
+# a directory of our own, even inside a given one: the cleanup removes it whole
+mkdir -p "${GALAXYPAINT_IMAGE_WORK:-/tmp}"
+WORK=$(mktemp -d "${GALAXYPAINT_IMAGE_WORK:-/tmp}/galaxypaint-image.XXXXXX")
 # an image store of our own: the machine's containers (if any) are never touched
 BUILDAH=(buildah --root "$WORK/storage" --runroot "$WORK/run")
 SERVER_PID=""
@@ -66,7 +74,8 @@ trap cleanup EXIT
 
 # 1. The base image: Debian minbase with python3, under the name the Dockerfile pulls.
 t=$(date +%s)
-mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1)
+mirror=$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+         | sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p; s/^deb \(http[^ ]*debian\) .*/\1/p' | head -1 || true)
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates "$SUITE" "$WORK/rootfs" \
   "${mirror:-http://deb.debian.org/debian}" >"$WORK/debootstrap.log" 2>&1 \
   || { tail -20 "$WORK/debootstrap.log" >&2; echo "docker/test-image.sh: debootstrap failed" >&2; exit 1; }

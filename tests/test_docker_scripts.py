@@ -22,7 +22,7 @@ def test_dockerfile_structure():
     dockerfile = pytest.importorskip("dockerfile")
     cmds = dockerfile.parse_file(str(ROOT / "Dockerfile"))
     stages = [c.value[-1] for c in cmds if c.cmd == "FROM"]
-    assert stages == ["builder", "trainer", "runtime"]
+    assert stages == ["builder", "trainer", "slim", "runtime"]
     runtime = cmds[max(i for i, c in enumerate(cmds) if c.cmd == "FROM"):]
     by = {c.cmd: c for c in runtime}
     assert by["USER"].value == ("10001",)  # not root (numeric: resolvable without the image's passwd)
@@ -37,6 +37,10 @@ def test_dockerfile_structure():
                     assert (ROOT / src).exists(), src
     runtime_pip = [c for c in runtime if c.cmd == "RUN" and "pip install" in c.value[0]]
     assert runtime_pip == []  # the runtime stage copies the serving-only venv, nothing heavier
+    venv = [c for c in runtime if c.cmd == "COPY" and "/opt/venv" in c.value]
+    assert [c.flags for c in venv] == [("--from=slim",)]  # the venv without what serving never loads
+    trainer = cmds[[i for i, c in enumerate(cmds) if c.cmd == "FROM"][1]]
+    assert trainer.value[0] == "builder"  # the trainer keeps the whole install (its tests, pyarrow's parts)
 
 
 def test_dockerfile_passes_hadolint():
@@ -105,9 +109,9 @@ def test_pip_mounts_writes_the_effective_configuration_and_lists_its_local_paths
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     conf = tmp_path / "user.conf"
-    conf.write_text(f"[global]\nextra-index-url = file://{index} file://{tmp_path / 'gone'}/simple\n"
-                    f"find-links = {tmp_path / 'not-this'}\ntimeout = 7\n")
-    env = {**os.environ, "PIP_CONFIG_FILE": str(conf), "PIP_FIND_LINKS": str(wheels)}
+    conf.write_text(f"[global]\nextra-index-url =\n    file://{index}\n    file://{tmp_path / 'gone'}/simple\n"
+                    f"find-links = {tmp_path / 'not-this'}\ntimeout = 7\n[install]\nretries = 9\n")
+    env = {**os.environ, "PIP_CONFIG_FILE": str(conf), "PIP_FIND_LINKS": str(wheels), "PIP_RETRIES": "2"}
     out = tmp_path / "pip.conf"
     res = subprocess.run([sys.executable, str(ROOT / "docker" / "pip_mounts.py"), str(out)], env=env,
                          capture_output=True, text=True, timeout=60)
@@ -121,3 +125,9 @@ def test_pip_mounts_writes_the_effective_configuration_and_lists_its_local_paths
     parsed.read(out)
     assert parsed["global"]["find-links"] == str(wheels)  # the variable, not the file's value
     assert parsed["global"]["timeout"] == "7" and str(index) in parsed["global"]["extra-index-url"]
+    assert parsed["global"]["retries"] == "2" and not parsed.has_option("install", "retries")  # the variable wins
+    # pip itself reads the written file, multi-line values included
+    check = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                           env={**os.environ, "PIP_CONFIG_FILE": str(out)}, timeout=60)
+    assert check.returncode == 0 and "could not be loaded" not in check.stderr, check.stderr
+    assert f"file://{index}" in check.stdout
