@@ -169,7 +169,7 @@ def paint_submit(request: Request, settings: SettingsDep, jobs: JobsDep, runner:
     if file is not None and not file.filename:  # the file input left empty
         file = None
     seed_text = _blank(seed)
-    if seed_text is not None and not seed_text.isdigit():
+    if seed_text is not None and not (seed_text.isascii() and seed_text.isdigit()):  # '²'.isdigit() is True
         raise HTTPException(422, f"seed: {seed_text[:40]!r} is not a non-negative integer")
     job = job_routes.submit_paint(
         settings=settings, jobs=jobs, runner=runner, store=store, caller=caller, file=file, catalog=_blank(catalog),

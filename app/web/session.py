@@ -29,8 +29,10 @@ from pathlib import Path
 
 from fastapi import HTTPException, Request
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.deps import Caller, Scope, Tokens, authorize
+from app.api.observability import log
 from app.core.db import make_engine
 
 COOKIE = "galaxypaint_session"
@@ -96,10 +98,13 @@ class SessionStore:
         """The live session of a cookie value, or None (unknown, expired, or ended by a logout)."""
         if not sid or len(sid) > 128:
             return None
-        self._table()
-        with self.engine.connect() as conn:
-            row = conn.execute(text("SELECT csrf, scope, token_digest, expires FROM web_sessions "
-                                    "WHERE sid_hash = :h"), {"h": _digest(sid)}).first()
+        try:
+            self._table()
+            with self.engine.connect() as conn:
+                row = conn.execute(text("SELECT csrf, scope, token_digest, expires FROM web_sessions "
+                                        "WHERE sid_hash = :h"), {"h": _digest(sid)}).first()
+        except SQLAlchemyError:  # no sessions file to be had (read-only data directory): no session
+            return None
         if row is None or row.expires < time.time():
             return None
         return Session(sid, row.csrf, row.scope, row.token_digest, row.expires)
@@ -125,7 +130,11 @@ def ensure(request: Request) -> Session:
     """This request's session, a visitor's one made now if there is none (for a page with a form)."""
     session = current(request)
     if session is None:
-        session = request.state.web_session = store_of(request).create()
+        try:
+            session = request.state.web_session = store_of(request).create()
+        except SQLAlchemyError as exc:  # e.g. a read-only data directory: the page is still shown
+            log.warning("web sessions cannot be stored (%s): the page's forms will be refused", exc.__class__.__name__)
+            return Session("", "", "", "", 0.0)
     return session
 
 

@@ -230,3 +230,23 @@ def test_visitors_sessions_are_bounded_and_never_end_a_login(make_client, monkey
     client.cookies.clear()
     client.cookies.update(logged_in)
     assert client.get("/jobs").status_code == 200
+
+
+def test_pages_with_forms_are_shown_when_sessions_cannot_be_stored(make_client, monkeypatch):
+    """A data directory the server cannot write (read-only volume): every page still renders; its forms
+    are refused (403) rather than the page failing.  Simulated: tests run as root, which writes anyway."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.web import session
+
+    def broken(self, *args, **kwargs):
+        raise OperationalError("INSERT", {}, Exception("attempt to write a readonly database"))
+
+    monkeypatch.setattr(session.SessionStore, "create", broken)
+    client = make_client()
+    for path in ("/login", "/models/smass-raw-stack", "/"):
+        r = client.get(path)
+        assert r.status_code == 200, (path, r.status_code)
+        assert "galaxypaint_session" not in r.headers.get("set-cookie", "")
+    r = client.post("/login", data={"token": TOKEN, "csrf_token": ""})
+    assert r.status_code == 403
