@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # --- the browser pages under / (app.web): same token scopes as the API, through a session cookie
     web_ui: bool = Field(True, description="serve the web pages (registry, runs, predict, paint, jobs) under /; "
                                            "false: they answer 404 and only the API is served")
+    web_cookie_secure: bool | None = Field(None, description="mark the session cookie Secure (HTTPS only); unset: "
+                                                             "when the request came over HTTPS as the server sees "
+                                                             "it (behind a TLS proxy: true, or forward "
+                                                             "X-Forwarded-Proto from a trusted proxy)")
     web_session_hours: float = Field(8.0, gt=0, le=24 * 30, description="lifetime [h] of a web login's session "
                                                                       "cookie (the token is asked again after it)")
 

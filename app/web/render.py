@@ -149,13 +149,19 @@ class WebRoute(APIRoute):
         return handler
 
 
+def _secure(request: Request) -> bool:
+    """Whether the session cookie is marked Secure: the setting, else whether this request came over HTTPS."""
+    forced = getattr(request.app.state.settings, "web_cookie_secure", None)
+    return forced if forced is not None else request.url.scheme == "https"
+
+
 def _finish(request: Request, response: Response) -> None:
     for key, value in SECURITY_HEADERS.items():
         response.headers.setdefault(key, value)
     new = getattr(request.state, "web_session", None)
     if new is not None and new.new:
         response.set_cookie(session.COOKIE, new.sid, max_age=int(new.expires - time.time()),
-                            path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+                            path="/", httponly=True, samesite="strict", secure=_secure(request))
     elif getattr(request.state, "web_logout", False):
         response.delete_cookie(session.COOKIE, path="/", httponly=True, samesite="strict",
-                               secure=request.url.scheme == "https")
+                               secure=_secure(request))

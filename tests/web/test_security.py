@@ -40,6 +40,17 @@ def test_login_exchanges_the_token_for_an_httponly_strict_expiring_opaque_cookie
     assert "Logged in (admin scope)" in client.get("/").text
 
 
+def test_the_session_cookie_is_secure_over_https_or_when_the_setting_says_so(make_client):
+    """Behind a TLS proxy the server may see plain http: GALAXYPAINT_WEB_COOKIE_SECURE=true marks it anyway."""
+    for overrides, base, secure in (({}, "https://testserver", True), ({"web_cookie_secure": True}, None, True),
+                                    ({"web_cookie_secure": False}, "https://testserver", False)):
+        client = make_client(**overrides)
+        if base:
+            client.base_url = base
+        flags = [p.strip().lower() for p in _cookie_header(client.get("/login")).split(";")]
+        assert ("secure" in flags) == secure, (overrides, base, flags)
+
+
 def test_a_wrong_token_or_a_forged_cookie_gives_no_session(make_client):
     client = make_client()
     page = client.get("/login")
