@@ -80,7 +80,7 @@ def _preset_options(p: argparse.ArgumentParser, training: bool = False) -> None:
         return
     p.add_argument("--preset-columns", choices=PRESET_NAMES, metavar="|".join(PRESET_NAMES),
                    help="the catalog's own column conventions, converted to the schema's columns and units: "
-                        "rockstar (Mvir, Rvir, Rs, spin_bullock, X, Y, Z), consistent-trees (hlist headers: "
+                        "rockstar (M200c, else Mvir with a warning; Rvir, Rs, spin_bullock, X, Y, Z), consistent-trees (hlist headers: "
                         "#scale(0) ... mvir(10) rvir(11) rs(12) x(17) ... Spin_Bullock, Halfmass_Scale; the (N) "
                         "suffixes and # are ignored) or tng (IllustrisTNG group catalog fields as ingest-tng reads "
                         "them: Group_M_Crit200, Group_R_Crit200, SubhaloSpin_0..2, GroupPos_0..2, ...); "
@@ -113,14 +113,21 @@ def _box_record(df) -> dict:
     return {} if box is None else {"box": box}
 
 
-def _preset_warning(args: argparse.Namespace) -> dict:
-    """The metadata of ``--preset-columns`` (empty without it), its mass-definition warning printed."""
+def _preset_warning(args: argparse.Namespace, columns=None) -> dict:
+    """The metadata of ``--preset-columns`` (empty without it), its mass-definition warning printed.
+    ``columns``: the catalog's (they decide, e.g., M200c over Mvir); None: read from the header of
+    ``args.catalog`` (``paint``, which reads the catalog later, or on the service)."""
     if not getattr(args, "preset_columns", None):
         return {}
     from app.core.catalogs import parse_column_mapping
     from app.core.column_presets import preset_record
 
-    record = preset_record(args.preset_columns, parse_column_mapping(args.columns))
+    if columns is None:
+        from app.core.catalog_stream import ChunkReader
+
+        with ChunkReader(args.catalog, args.columns, preset=args.preset_columns) as reader:
+            columns = list(reader.source_columns)
+    record = preset_record(args.preset_columns, parse_column_mapping(args.columns), list(columns))
     if record["mass_definition_warning"]:
         print(f"warning: {record['mass_definition_warning']}", file=sys.stderr)
     return record
@@ -165,7 +172,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     df, report = load_catalog(args.catalog, require=require, mapping=args.columns,
                               range_policy="warn" if args.lenient else "error", fmt=args.format,
                               preset=args.preset_columns)
-    _preset_warning(args)
+    _preset_warning(args, df.columns)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"{args.catalog}: {len(df):,} rows, columns: {', '.join(map(str, df.columns))}")
@@ -230,7 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     df, report = load_catalog(args.data, require=list(FEATURE_NAMES) + list(targets), mapping=args.columns,
                               on_invalid=_on_invalid(args), preset=args.preset_columns)
     if args.preset_columns:  # recorded with the run, so that `report` reads the table the same way
-        cfg.extra["column_preset"] = _preset_warning(args)["column_preset"]
+        cfg.extra["column_preset"] = _preset_warning(args, df.columns)["column_preset"]
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if args.drop_invalid:
@@ -397,7 +404,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     client = _remote_client(args, {"--registry": bool(args.registry)}) if args.server else None
     df, report = load_catalog(args.data, require=FEATURE_NAMES, mapping=args.columns, on_invalid=_on_invalid(args),
                               preset=args.preset_columns)
-    preset = _preset_warning(args)
+    preset = _preset_warning(args, df.columns)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     ids, id_col = (frame_ids(df, args.id_column) if mode.name == "sample"
@@ -500,7 +507,7 @@ def cmd_pk(args: argparse.Namespace) -> int:
         raise UserError(f"--bins: {exc}") from None
     df, report = load_catalog(args.catalog, require=list(POSITION_NAMES), mapping=args.columns, range_policy="warn",
                               preset=args.preset_columns, preset_targets=True)  # the true properties too
-    _preset_warning(args)
+    _preset_warning(args, df.columns)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     box = _box(args.box, df, args.catalog)
@@ -556,7 +563,7 @@ def _pk_ensemble(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(f"--bins: {exc}") from None
     df = read_table(args.catalog, args.columns, preset=args.preset_columns)
-    _preset_warning(args)
+    _preset_warning(args, df.columns)
     box = _box(args.box, df, args.catalog)
     model = GalaxyModel.from_registry(_registry(args), model=args.model, mode=Mode("sample", seed0))
     t0 = time.perf_counter()

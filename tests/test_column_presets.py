@@ -11,7 +11,7 @@ import pytest
 
 from app.cli import main
 from app.core.catalogs import CatalogError, load_catalog, read_table, write_table
-from app.core.column_presets import G_KPC_KMS2_MSUN, PRESETS, describe_presets, plan_preset
+from app.core.column_presets import G_KPC_KMS2_MSUN, PRESETS, describe_presets, plan_preset, preset_record
 from tests.conftest import REPO, run_cli
 
 pytest.importorskip("lightgbm")
@@ -37,10 +37,11 @@ def halos(trained):
     return raw, str(root / "models")
 
 
-def by_hand(raw: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
-    """The schema's columns computed here from a halo finder's (read back from its file: ``names``)."""
+def by_hand(raw: pd.DataFrame, names: dict[str, str], mass: str = "Mvir") -> pd.DataFrame:
+    """The schema's columns computed here from a halo finder's (read back from its file: ``names``), M_h from
+    its ``mass`` column."""
     col = {k: raw[v].to_numpy(dtype=np.float64) for k, v in names.items() if k not in ("id", "env")}
-    return pd.DataFrame({"M_h": np.log10(col["Mvir"]), "C_h": np.log10(col["Rvir"] / col["rs"]),
+    return pd.DataFrame({"M_h": np.log10(col[mass]), "C_h": np.log10(col["Rvir"] / col["rs"]),
                          "S_h": col["Spin_Bullock"], "z_h": 1.0 / col["Halfmass_Scale"] - 1.0,
                          "Delta3_h": raw[names["env"]].to_numpy(), "x": col["x"], "y": col["y"], "z": col["z"]})
 
@@ -179,6 +180,82 @@ def test_columns_wins_over_the_preset_and_then_no_mass_warning(tmp_path, halos, 
     assert "warning" not in capsys.readouterr().err
 
 
+def test_m200c_is_taken_over_mvir_when_the_catalog_has_it():
+    """M_h = log10(M200c), the models' own definition, when there is an M200c column (Rockstar's out lists,
+    Consistent-Trees' hlists); log10(Mvir) with the warning when there is not; --columns M_h=... wins."""
+    ct = pd.DataFrame({"#scale(0)": [1.0, 1.0], "mvir(10)": [1.2e12, 2.4e11], "rvir(11)": [200.0, 100.0],
+                       "rs(12)": [20.0, 25.0], "M200b(39)": [1.3e12, 2.6e11], "M200c(40)": [1e12, 2e11],
+                       "M500c(41)": [7e11, 1.4e11]})
+    plan = plan_preset("consistent-trees", list(ct.columns))
+    got = plan.apply(ct)
+    np.testing.assert_allclose(got["M_h"], [12.0, np.log10(2e11)], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got["C_h"], [1.0, np.log10(4.0)], rtol=0, atol=1e-12)  # still Rvir / rs
+    assert plan.mass_definition == "M200c" and plan.sources_of(["M_h"]) == ["M200c(40)"]
+    record = preset_record("consistent-trees", {}, columns=ct.columns)
+    assert record["mass_definition"] == "M200c" and record["mass_definition_warning"] is None
+    assert record["column_conversions"]["M_h"] == "log10(M200c)"
+    assert record["column_conversions"]["C_h"].startswith("log10(Rvir / rs) (the virial concentration")
+    assert "c200c" in record["column_conversions"]["C_h"]
+
+    rockstar = pd.DataFrame({"#ID": [1, 2], "Mvir": [1.2e12, 2.4e11], "Rvir": [200.0, 100.0], "Rs": [20.0, 25.0],
+                             "Mvir_all": [1.25e12, 2.5e11], "M200b": [1.3e12, 2.6e11], "m200c": [1e12, 2e11]})
+    plan = plan_preset("rockstar", list(rockstar.columns))
+    np.testing.assert_allclose(plan.apply(rockstar)["M_h"], [12.0, np.log10(2e11)], rtol=0, atol=1e-12)
+    assert plan.mass_definition == "M200c"
+    assert preset_record("rockstar", None, rockstar.columns)["mass_definition_warning"] is None
+
+    only_mvir = rockstar.drop(columns=["m200c"])
+    plan = plan_preset("rockstar", list(only_mvir.columns))
+    np.testing.assert_allclose(plan.apply(only_mvir)["M_h"], np.log10([1.2e12, 2.4e11]), rtol=0, atol=1e-12)
+    record = preset_record("rockstar", None, only_mvir.columns)
+    assert plan.mass_definition == record["mass_definition"] == "Mvir"
+    assert record["mass_definition_warning"].startswith("--preset-columns rockstar: M_h is log10 Mvir, but the "
+                                                        "models were trained on M200c")
+    assert record["column_conversions"] == {**record["column_conversions"], "M_h": "log10(Mvir)",
+                                            "C_h": "log10(Rvir / rs)"}
+    assert preset_record("rockstar") == preset_record("rockstar", None, [])  # no columns: as Mvir only
+
+    own = plan_preset("rockstar", list(rockstar.columns), {"M_h": "logM"})
+    assert "M_h" not in own.columns and own.mass_definition is None
+    record = preset_record("rockstar", {"M_h": "logM"}, rockstar.columns)
+    assert record["mass_definition"] == "given by --columns M_h=logM" and record["mass_definition_warning"] is None
+    # a catalog with neither says both
+    with pytest.raises(CatalogError, match=r"M_h = log10\(M200c\), else log10\(Mvir\) needs column M200c .* or "
+                                           r"column Mvir .*, which the table lacks"):
+        plan_preset("rockstar", ["Rvir", "Rs"]).check_required(["Rvir", "Rs", "C_h"], ["M_h"])
+
+
+def test_m200c_catalog_predicts_as_by_hand_without_a_mass_warning(tmp_path, halos, capsys):
+    raw, models = halos
+    both = raw.assign(M200c=raw["Mvir"], Mvir=raw["Mvir"] * 10.0 ** 0.07)  # the trained M_h is log10 M200c
+    names = {**CT_NAMES, "M200c": "M200c(40)"}
+    path = tmp_path / "hlist_1.00000.csv"
+    both.rename(columns=names).to_csv(path, index=False)
+    hand = write_table(by_hand(pd.read_csv(path), names, mass="M200c"), tmp_path / "hand.parquet")
+    np.testing.assert_allclose(pd.read_parquet(hand)["M_h"], np.log10(raw["Mvir"]), rtol=0, atol=1e-12)
+    out, ref = tmp_path / "out.parquet", tmp_path / "ref.parquet"
+    assert main(["predict", "--data", str(path), "--out", str(out), "--registry", models,
+                 "--preset-columns", "consistent-trees", "--columns", "Delta3_h=my_env"]) == 0
+    assert "M_h is log10" not in capsys.readouterr().err  # M200c is the trained definition: nothing to warn of
+    assert main(["predict", "--data", str(hand), "--out", str(ref), "--registry", models]) == 0
+    pd.testing.assert_frame_equal(predicted(out), predicted(ref), check_exact=False, rtol=0, atol=1e-12)
+    meta = read_table(out).attrs["galaxypaint"]
+    assert meta["mass_definition"] == "M200c" and meta["mass_definition_warning"] is None
+    assert meta["column_conversions"]["M_h"] == "log10(M200c)"
+    assert "virial concentration" in meta["column_conversions"]["C_h"]
+    # streamed: Rockstar's spelling, a parquet out list painted chunk by chunk
+    rockstar = write_table(both.rename(columns={"id": "ID", "rs": "Rs"}), tmp_path / "out_0.parquet")
+    painted = tmp_path / "painted.parquet"
+    assert main(["paint", "--catalog", str(rockstar), "--out", str(painted), "--registry", models, "--chunk-rows",
+                 "150", "--preset-columns", "rockstar", "--columns", "Delta3_h=env"]) == 0
+    assert "M_h is log10" not in capsys.readouterr().err
+    pd.testing.assert_frame_equal(predicted(painted).reset_index(drop=True), predicted(ref).reset_index(drop=True),
+                                  check_exact=False, rtol=0, atol=1e-12)
+    meta = read_table(painted).attrs["galaxypaint"]
+    assert meta["kind"] == "painted" and meta["mass_definition"] == "M200c"
+    assert meta["mass_definition_warning"] is None
+
+
 def test_bad_catalogs_are_refused_in_one_line_naming_the_column_and_the_option(tmp_path, halos):
     raw, _ = halos
     ct = raw.rename(columns=CT_NAMES)
@@ -189,6 +266,10 @@ def test_bad_catalogs_are_refused_in_one_line_naming_the_column_and_the_option(t
                           ("column mvir(10)", "row 7", "positive", "--preset-columns consistent-trees")),
         "late.csv": (ct.assign(**{"Halfmass_Scale(64)": np.where(ct.index == 3, 1.5, ct["Halfmass_Scale(64)"])}),
                      ("column Halfmass_Scale(64)", "row 3", "(0, 1]")),
+        # M200c, taken over Mvir when there: Rockstar writes 0 for haloes too small to have one
+        "zero_m200c.csv": (ct.assign(**{"M200c(40)": np.where(ct.index == 11, 0.0, ct["mvir(10)"])}),
+                           ("column M200c(40)", "row 11", "positive", "M_h = log10(M200c)",
+                            "--preset-columns consistent-trees", "--columns M_h=NAME")),
     }
     for name, (table, words) in cases.items():
         table.to_csv(tmp_path / name, index=False)

@@ -359,9 +359,10 @@ def _read_table(path, mapping, fmt, hdf5_key, preset, preset_targets):
     if preset:
         from app.core.column_presets import plan_preset, preset_record  # it imports this module
 
-        plan = plan_preset(preset, list(df.columns), mp, targets=preset_targets)
+        source = list(df.columns)
+        plan = plan_preset(preset, source, mp, targets=preset_targets)
         df = plan.apply(df)
-        meta = {**meta, **preset_record(preset, mp)}
+        meta = {**meta, **preset_record(preset, mp, columns=source)}  # the columns decide, e.g., M200c over Mvir
     df = canonicalize(df, mp)
     df.attrs[METADATA_KEY] = meta
     return df, plan

@@ -14,14 +14,20 @@ already in the schema's unit), so a column the catalogs lack (``Delta3_h``; TNG'
 or one the user prefers to convert himself can be supplied beside a preset.
 
 Units and definitions: Rockstar (Behroozi et al. 2013a) and Consistent-Trees (Behroozi et al. 2013b)
-write ``Mvir`` [Msun/h], ``Rvir`` and ``rs`` [kpc/h comoving], ``x, y, z`` [Mpc/h comoving],
+write ``Mvir`` and the spherical-overdensity masses ``Mvir_all M200b M200c M500c M2500c`` [Msun/h],
+``Rvir`` and ``rs`` [kpc/h comoving], ``x, y, z`` [Mpc/h comoving],
 ``Spin_Bullock`` (Bullock et al. 2001, J / (sqrt(2) M V R)), ``Spin`` (Peebles 1969,
 J |E|^1/2 / (G M^5/2): *not* the spin the models were trained on) and, Consistent-Trees only,
 ``Halfmass_Scale`` (the scale factor at which the main progenitor reached half of its peak mass).
 IllustrisTNG group catalogs (``ingest-tng``) give masses in 1e10 Msun/h and lengths in ckpc/h.
 
-The models are trained on TNG's ``Group_M_Crit200`` (M200c); a preset whose mass is another definition
-(``Mvir``) says so in one warning, and in the metadata of what is written (``preset_record``).
+The models are trained on TNG's ``Group_M_Crit200`` (M200c).  A schema column may have several conversions,
+in order of preference, the first whose sources the table has being used: the halo finders' ``M_h`` is
+log10(``M200c``) when the catalog has that column, else log10(``Mvir``).  A mass of another definition than
+the trained one (``Mvir``) is said in one warning, and in the metadata of what is written (``preset_record``,
+given the catalog's columns: which conversion was used depends on them).  ``C_h`` stays log10(Rvir / rs),
+the virial concentration, also beside an M200c mass: the catalogs have no R200c, and deriving
+c200c = R200c / rs from the two masses would assume an NFW profile (the record says so, without a warning).
 """
 
 from __future__ import annotations
@@ -88,7 +94,7 @@ def log_ssfr(sfr: np.ndarray, mstar: np.ndarray, rng: np.random.Generator) -> tu
     from N(-13.5, 0.5) (``ZERO_SFR_LOG_SSFR``, the paper's recipe).  Returns (log10 sSFR, SFR = 0 mask)."""
     with np.errstate(divide="ignore"):
         ssfr = np.log10(sfr / mstar)
-    zero = ~(sfr > 0)
+    zero = sfr <= 0  # a missing SFR (NaN) stays missing: the invalid-row policy decides, no draw
     ssfr[zero] = rng.normal(ZERO_SFR_LOG_SSFR[0], ZERO_SFR_LOG_SSFR[1], int(zero.sum()))
     return ssfr, zero
 
@@ -165,6 +171,10 @@ class Conversion:
     sources: tuple[Source, ...]
     function: Callable[..., np.ndarray]
     formula: str
+    #: an ``M_h`` conversion: the halo mass definition it gives (None: the preset's ``mass_definition``)
+    mass_definition: str | None = None
+    #: schema column -> what this conversion, when used, means for that column's (added to it in the record)
+    caveats: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def target(self) -> bool:
@@ -175,7 +185,10 @@ class Conversion:
 class ColumnPreset:
     name: str
     title: str  # the code or simulation that writes such catalogs
+    #: the halo mass definition of ``M_h`` made by the last (fallback) of its conversions: "Mvir" for the halo
+    #: finders, whose ``M_h`` is M200c instead when the catalog has that column (``preset_record``)
     mass_definition: str
+    #: in order of preference per schema column: the first whose sources the table has is used
     conversions: tuple[Conversion, ...]
     #: schema columns the catalogs do not have: why, and what to do
     absent: Mapping[str, str] = field(default_factory=dict)
@@ -185,7 +198,30 @@ class ColumnPreset:
     hints: Mapping[str, str] = field(default_factory=dict)
 
     def conversion(self, column: str) -> Conversion | None:
+        """The preferred conversion making ``column`` (None: the preset makes none)."""
         return next((c for c in self.conversions if c.column == column), None)
+
+    def conversions_of(self, column: str) -> tuple[Conversion, ...]:
+        """The conversions making ``column``, in order of preference."""
+        return tuple(c for c in self.conversions if c.column == column)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The schema columns the preset makes, in table order."""
+        return tuple(dict.fromkeys(c.column for c in self.conversions))
+
+    def resolve(self, column: str, lookup: Mapping[str, list[object]]) -> tuple[Conversion, tuple[object, ...]] | None:
+        """The conversion making ``column`` from a table's columns (``_lookup``), with the columns it reads: the
+        first whose sources are all there (None: none is)."""
+        for conv in self.conversions_of(column):
+            srcs = tuple(_find(s, lookup) for s in conv.sources)
+            if all(s is not None for s in srcs):
+                return conv, srcs
+        return None
+
+    def mass_of(self, conv: Conversion | None) -> str:
+        """The halo mass definition an ``M_h`` conversion gives."""
+        return (conv.mass_definition if conv is not None else None) or self.mass_definition
 
 
 def _component(name: str, i: int, unit: str, meaning: str, domain: str | None = None) -> Source:
@@ -196,6 +232,7 @@ def _component(name: str, i: int, unit: str, meaning: str, domain: str | None = 
 
 
 _MVIR = Source("Mvir", "Msun/h", "virial mass", "positive")
+_M200C = Source("M200c", "Msun/h", "mass within R200c, 200 times the critical density", "positive")
 _RVIR = Source("Rvir", "kpc/h comoving", "virial radius", "positive")
 _RS = Source("rs", "kpc/h comoving", "NFW scale radius", "positive")
 _SPIN_BULLOCK = Source("Spin_Bullock", "", "Bullock spin parameter")
@@ -211,10 +248,20 @@ _PEEBLES = ("Spin", "{option} {name}: the table has Spin but no Spin_Bullock: Sp
             "with Spin_Bullock, or --columns S_h=NAME for a Bullock spin column of yours")
 
 
+#: C_h beside an M200c mass: what the record says (c_vir > c_200c: an NFW halo of c_vir = 5-20 has
+#: R200c ~ 0.75 Rvir at z = 0, Delta_vir ~ 100 rho_crit, Bryan & Norman 1998)
+_VIRIAL_CONCENTRATION = ("the virial concentration, while M_h is M200c: c200c = R200c / rs, ~0.1 dex lower at "
+                         "z = 0, is not converted, the catalog having no R200c")
+
+
 def _halo_finder_preset(name: str, title: str, hints: Mapping[str, str]) -> ColumnPreset:
-    """Rockstar and Consistent-Trees name the same quantities alike (Consistent-Trees adds ``(N)``)."""
+    """Rockstar and Consistent-Trees name the same quantities alike (Consistent-Trees adds ``(N)``).  ``M_h``:
+    M200c, the trained definition, when the catalog has it (Rockstar's out lists and halos_*.ascii,
+    Consistent-Trees' hlists: ``Mvir_all M200b M200c M500c M2500c``), else Mvir."""
     conversions = (
-        Conversion("M_h", (_MVIR,), log10_mass, "log10(Mvir)"),
+        Conversion("M_h", (_M200C,), log10_mass, "log10(M200c)", mass_definition="M200c",
+                   caveats={"C_h": _VIRIAL_CONCENTRATION}),
+        Conversion("M_h", (_MVIR,), log10_mass, "log10(Mvir)", mass_definition="Mvir"),
         Conversion("C_h", (_RVIR, _RS), log10_concentration, "log10(Rvir / rs)"),
         Conversion("S_h", (_SPIN_BULLOCK,), same, "Spin_Bullock"),
         Conversion("z_h", (_HALFMASS_SCALE,), redshift_of_scale, "1 / Halfmass_Scale - 1"),
@@ -230,12 +277,14 @@ _TNG_ABSENT_FIT = ("{col} is not in IllustrisTNG group catalogs (it needs {what}
                    "--columns {col}=NAME (as `ingest-tng --aux` does)")
 
 PRESETS: dict[str, ColumnPreset] = {
-    # Rockstar's out_*.list / halos_*.ascii: #ID DescID Mvir Vmax Vrms Rvir Rs Np X Y Z ... Spin ... spin_bullock
+    # Rockstar's out_*.list / halos_*.ascii: #ID DescID Mvir Vmax Vrms Rvir Rs Np X Y Z ... Spin rs_klypin
+    # Mvir_all M200b M200c M500c M2500c Xoff Voff spin_bullock ...
     "rockstar": _halo_finder_preset("rockstar", "Rockstar", {
         "z_h": "Halfmass_Scale is written by Consistent-Trees (from merger histories), not by Rockstar's halo "
                "lists: use --preset-columns consistent-trees on the hlist files"}),
     # Consistent-Trees hlist_*.list: #scale(0) id(1) ... mvir(10) rvir(11) rs(12) ... x(17) y(18) z(19) ...
-    # Spin(26) ... Spin_Bullock(45) ... Halfmass_Scale(64), matched without the (N) suffix
+    # Spin(26) ... M200c(40) ... Spin_Bullock(45) ... Halfmass_Scale(64), matched without the (N) suffix
+    # (the numbers vary between versions; some write none after Tidal_ID(36))
     "consistent-trees": _halo_finder_preset("consistent-trees", "Consistent-Trees", {}),
     # a flat table, one row per halo with its central subhalo's fields (as ingest-tng builds it), vector fields
     # flattened as NAME_0, NAME_1, ... (or NAME[0], NAME_x); snapshot 99 (z = 0: comoving lengths are physical)
@@ -243,7 +292,7 @@ PRESETS: dict[str, ColumnPreset] = {
         "tng", "IllustrisTNG", "M200c",
         (
             Conversion("M_h", (Source("Group_M_Crit200", "1e10 Msun/h", "M200c", "positive"),),
-                       log10_tng_mass, "log10(Group_M_Crit200 x 1e10)"),
+                       log10_tng_mass, "log10(Group_M_Crit200 x 1e10)", mass_definition="M200c"),
             Conversion("S_h", (*(_component("SubhaloSpin", i, "kpc/h km/s", "specific angular momentum")
                                  for i in range(3)),
                                Source("Group_M_Crit200", "1e10 Msun/h", "M200c", "positive"),
@@ -322,6 +371,12 @@ class PresetPlan:
         """The schema columns this plan adds."""
         return [conv.column for conv, _ in self.steps]
 
+    @property
+    def mass_definition(self) -> str | None:
+        """The halo mass definition of the ``M_h`` this plan makes (None: it makes no ``M_h``)."""
+        conv = next((c for c, _ in self.steps if c.column == "M_h"), None)
+        return None if conv is None else self.preset.mass_of(conv)
+
     def sources_of(self, columns: Iterable[str]) -> list[object]:
         """The table's columns needed to make ``columns`` (those the plan makes; others are their own)."""
         made = {conv.column: srcs for conv, srcs in self.steps}
@@ -376,15 +431,18 @@ class PresetPlan:
         p = self.preset
         if column in p.absent:
             return f"{_OPTION} {p.name}: {p.absent[column]}"
-        conv = p.conversion(column)
-        if conv is None:
+        convs = p.conversions_of(column)
+        if not convs:
             return (f"{_OPTION} {p.name}: {column} is not among the columns {p.title} catalogs give "
-                    f"({', '.join(c.column for c in p.conversions)}); map one of yours with --columns {column}=NAME")
+                    f"({', '.join(p.columns)}); map one of yours with --columns {column}=NAME")
         lookup = _lookup(columns)
-        missing = [s for s in conv.sources if _find(s, lookup) is None]
-        names = ", ".join(f"{s.name} ({s.meaning}{', ' + s.unit if s.unit else ''})" for s in missing)
-        text = (f"{_OPTION} {p.name}: {column} = {conv.formula} needs column{'s' if len(missing) > 1 else ''} "
-                f"{names}, which the table lacks")
+        needs = []
+        for conv in convs:
+            missing = [s for s in conv.sources if _find(s, lookup) is None]
+            needs.append(f"column{'s' if len(missing) > 1 else ''} " + ", ".join(
+                f"{s.name} ({s.meaning}{', ' + s.unit if s.unit else ''})" for s in missing))
+        text = (f"{_OPTION} {p.name}: {column} = {', else '.join(c.formula for c in convs)} needs "
+                f"{' or '.join(needs)}, which the table lacks")
         if column in p.hints:
             text += f" ({p.hints[column]})"
         return f"{text}; or map {column} yourself with --columns {column}=NAME"
@@ -408,42 +466,60 @@ def plan_preset(name: str, columns: Sequence[object], mapping: Mapping[str, str]
     mapping = dict(mapping or {})
     lookup = _lookup(columns)
     steps = []
-    for conv in preset.conversions:
-        if conv.column in mapping or (conv.target and not targets):
+    for column in preset.columns:
+        if column in mapping or (column in TARGET_NAMES and not targets):
             continue
-        srcs = tuple(_find(s, lookup) for s in conv.sources)
-        if all(s is not None for s in srcs):
+        found = preset.resolve(column, lookup)  # the first conversion whose sources are there
+        if found is not None:
+            conv, srcs = found
             if not (conv.function is same and srcs[0] == conv.column):  # already there, under its name
                 steps.append((conv, srcs))
-        elif conv.column in preset.decoys:
-            decoy, why = preset.decoys[conv.column]
+        elif column in preset.decoys:
+            decoy, why = preset.decoys[column]
             if source_key(decoy) in lookup:
                 raise CatalogError(why.format(option=_OPTION, name=preset.name))
     return PresetPlan(preset, tuple(steps))
 
 
-def preset_record(name: str, mapping: Mapping[str, str] | None = None) -> dict[str, object]:
+def preset_record(name: str, mapping: Mapping[str, str] | None = None,
+                  columns: Iterable[object] | None = None) -> dict[str, object]:
     """What a table read with preset ``name`` records in its metadata (``df.attrs["galaxypaint"]``, and the
     files written from it): the preset, the mass definition against the trained one, the warning when
-    they differ (None otherwise), and how each schema column was made."""
+    they differ (None otherwise), and how each schema column was made.  ``columns``: the catalog's own
+    column names, which decide between a column's conversions (the halo finders' ``M_h`` is log10 M200c when
+    there is an ``M200c`` column, else log10 Mvir); without them, or when none applies, the last (fallback)
+    conversion is recorded, as for a catalog with only ``Mvir``."""
     preset = get_preset(name)
     mapping = dict(mapping or {})
-    conversions = {c.column: c.formula for c in preset.conversions if c.column not in mapping}
-    conversions.update({c: f"--columns {c}={s}" for c, s in mapping.items()})
+    lookup = None if columns is None else _lookup(columns)
+    used: dict[str, Conversion] = {}
+    for column in preset.columns:
+        found = None if lookup is None else preset.resolve(column, lookup)
+        used[column] = found[0] if found is not None else preset.conversions_of(column)[-1]
     own_mass = "M_h" in mapping
-    mass = f"given by --columns M_h={mapping['M_h']}" if own_mass else preset.mass_definition
+    mass_conv = None if own_mass else used.get("M_h")
+    caveats = {} if mass_conv is None else mass_conv.caveats
+    conversions = {c: conv.formula + (f" ({caveats[c]})" if c in caveats else "")
+                   for c, conv in used.items() if c not in mapping}
+    conversions.update({c: f"--columns {c}={s}" for c, s in mapping.items()})
+    mass = f"given by --columns M_h={mapping['M_h']}" if own_mass else preset.mass_of(mass_conv)
     return {"column_preset": preset.name, "mass_definition": mass,
             "trained_mass_definition": TRAINED_MASS_DEFINITION,
-            "mass_definition_warning": None if own_mass else mass_warning(preset),
+            "mass_definition_warning": None if own_mass else mass_warning(preset, mass),
             "column_conversions": conversions}
 
 
-def mass_warning(preset: ColumnPreset) -> str | None:
-    """One line when the preset's halo mass is not the trained one (None when it is)."""
-    if preset.mass_definition == TRAINED_MASS_DEFINITION:
+def mass_warning(preset: ColumnPreset, definition: str | None = None) -> str | None:
+    """One line when the halo mass ``definition`` (default: the preset's fallback one) is not the trained
+    one (None when it is)."""
+    mass = definition or preset.mass_definition
+    if mass == TRAINED_MASS_DEFINITION:
         return None
-    return (f"{_OPTION} {preset.name}: M_h is log10 {preset.mass_definition}, but the models were trained on "
-            f"{TRAINED_MASS_DEFINITION} (TNG's Group_M_Crit200); at z = 0 {preset.mass_definition} is typically "
+    takes = any(preset.mass_of(c) == TRAINED_MASS_DEFINITION for c in preset.conversions_of("M_h"))
+    takes_text = (f", which this preset takes from an {TRAINED_MASS_DEFINITION} column when the catalog has one"
+                  if takes else "")
+    return (f"{_OPTION} {preset.name}: M_h is log10 {mass}, but the models were trained on "
+            f"{TRAINED_MASS_DEFINITION} (TNG's Group_M_Crit200){takes_text}; at z = 0 {mass} is typically "
             f"0.05-0.1 dex above {TRAINED_MASS_DEFINITION}, so the galaxies predicted are those of somewhat more "
             f"massive haloes (--columns M_h=NAME takes a log10 {TRAINED_MASS_DEFINITION} column of yours instead)")
 

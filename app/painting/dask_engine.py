@@ -76,7 +76,7 @@ def paint_dask(spec: PaintSpec, registry: Registry, progress: Callable[[int, int
         box, box_warnings = catalog_box(reader, spec)
         d3 = delta3_for(reader, spec, box)
         ids_from = id_column_for(reader, spec)
-        meta = spec.provenance(ids_from, box)
+        meta = spec.provenance(ids_from, box, reader.source_columns)
         csv = reader.format == "csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -185,7 +185,7 @@ def paint_file(spec: PaintSpec, registry: Registry, progress: Progress | None = 
         box, warnings = catalog_box(reader, spec)
         d3 = delta3_for(reader, spec, box)
         ids_from = id_column_for(reader, spec)
-        with ChunkWriter(spec.out, metadata=spec.provenance(ids_from, box)) as writer:
+        with ChunkWriter(spec.out, metadata=spec.provenance(ids_from, box, reader.source_columns)) as writer:
             if progress:
                 progress(0, reader.n_rows)
             for start, chunk in reader.chunks(spec.chunk_rows):

@@ -85,7 +85,8 @@ class PaintSpec:
     def targets(self) -> tuple[str, ...]:
         return tuple(p["target"] for p in self.pinned)
 
-    def provenance(self, id_column: str | None, box: float | None = None) -> dict:
+    def provenance(self, id_column: str | None, box: float | None = None,
+                   source_columns: list | None = None) -> dict:
         """The painted file's metadata: how its galaxies were made (``id_column``: the column keying the
         draws, None for row numbers) and the periodic ``box`` [Mpc/h] its haloes live in, when known."""
         return {"kind": "painted", "models": list(self.pinned), "variant": self.variant, **self.mode.describe(),
@@ -97,5 +98,5 @@ class PaintSpec:
                 "delta3": "computed (3 Mpc/h, haloes as tracers)" if self.compute_delta3 else "input",
                 "on_invalid": self.on_invalid,
                 **({"box": float(box)} if box is not None else {}),
-                **(preset_record(self.column_preset, self.columns) if self.column_preset else {}),
+                **(preset_record(self.column_preset, self.columns, source_columns) if self.column_preset else {}),
                 "galaxypaint": __version__}
