@@ -80,8 +80,9 @@ def _preset_options(p: argparse.ArgumentParser, training: bool = False) -> None:
         return
     p.add_argument("--preset-columns", choices=PRESET_NAMES, metavar="|".join(PRESET_NAMES),
                    help="the catalog's own column conventions, converted to the schema's columns and units: "
-                        "rockstar (M200c, else Mvir with a warning; Rvir, Rs, spin_bullock, X, Y, Z), consistent-trees (hlist headers: "
-                        "#scale(0) ... mvir(10) rvir(11) rs(12) x(17) ... Spin_Bullock, Halfmass_Scale; the (N) "
+                        "rockstar (M200c, else Mvir with a warning; Rvir, Rs, spin_bullock, X, Y, Z), "
+                        "consistent-trees (hlist headers: #scale(0) ... mvir(10) rvir(11) rs(12) x(17) ... M200c, "
+                        "Spin_Bullock, Halfmass_Scale; the (N) "
                         "suffixes and # are ignored) or tng (IllustrisTNG group catalog fields as ingest-tng reads "
                         "them: Group_M_Crit200, Group_R_Crit200, SubhaloSpin_0..2, GroupPos_0..2, ...); "
                         "--columns NAME=SOURCE wins for the columns it names (e.g. Delta3_h, which no preset has); "
