@@ -192,6 +192,11 @@ def jobs_page(request: Request, jobs: JobsDep, settings: SettingsDep) -> Respons
 PK_NMESH = 128
 
 
+def _pk_nmesh(settings: Settings) -> int:
+    """The P(k) form's default mesh: ``PK_NMESH`` within this server's limit."""
+    return min(PK_NMESH, settings.max_pk_nmesh)
+
+
 def _job(request: Request, jobs, settings, job_id: str) -> dict:
     session.caller(request, "submit")
     return job_routes.public(job_routes.job_or_404(jobs, job_id), settings)
@@ -203,7 +208,7 @@ def _job_page(request: Request, job: dict, settings: Settings, status_code: int 
     the form measuring its P(k) (with the problem of a refused submission, and what was typed)."""
     parts = [p for p in job_routes.RESULT_PARTS if isinstance((job.get("result") or {}).get(p), str)]
     pk_form = job["kind"] == "paint" and job["status"] == "succeeded" and not job.get("expired")
-    typed = {"box": "", "nmesh": str(min(PK_NMESH, settings.max_pk_nmesh)), **(pk_typed or {})}
+    typed = {"box": "", "nmesh": str(_pk_nmesh(settings)), **(pk_typed or {})}
     return render(request, "job.html", status_code=status_code, forms=pk_form, job=job, parts=parts,
                   active=job["status"] not in ("succeeded", "failed", "canceled"),
                   pk_summary=views.pk_summary(job), pk_form=pk_form, pk_problem=pk_problem, pk_typed=typed,
@@ -237,7 +242,7 @@ def pk_submit(request: Request, job_id: JobId, settings: SettingsDep, jobs: Jobs
     try:
         mesh = _number_field(nmesh, "nmesh", int)
         req = PkJobRequest(job_id=job_id, box=_number_field(box, "box", float, "Mpc/h"),
-                           nmesh=min(PK_NMESH, settings.max_pk_nmesh) if mesh is None else mesh)
+                           nmesh=_pk_nmesh(settings) if mesh is None else mesh)
         job = job_routes.submit_pk(req=req, settings=settings, jobs=jobs, runner=runner, store=store, caller=caller)
     except (HTTPException, ValidationError) as exc:
         status, message = error_of(exc) or (422, str(exc))
