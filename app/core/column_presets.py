@@ -197,10 +197,6 @@ class ColumnPreset:
     #: schema column -> what to say besides, when its sources are missing
     hints: Mapping[str, str] = field(default_factory=dict)
 
-    def conversion(self, column: str) -> Conversion | None:
-        """The preferred conversion making ``column`` (None: the preset makes none)."""
-        return next((c for c in self.conversions if c.column == column), None)
-
     def conversions_of(self, column: str) -> tuple[Conversion, ...]:
         """The conversions making ``column``, in order of preference."""
         return tuple(c for c in self.conversions if c.column == column)

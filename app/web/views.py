@@ -173,7 +173,7 @@ class Preset:
     name: str  # the value the API's ``column_preset`` takes
     title: str  # the code or simulation writing such catalogs
     converts: list[str]  # "M_h = log10(Mvir)", ... : the halo features it makes, for people
-    note: str = ""  # a mass definition other than the models' own
+    note: str = ""  # when M_h may come in a mass definition other than the models' own
     lacks: list[str] = field(default_factory=list)  # features such catalogs do not have: to map from columns
 
 
@@ -184,8 +184,12 @@ def column_presets() -> list[Preset]:
     out = []
     for name in PRESET_NAMES:
         preset = get_preset(name)
-        note = ("" if preset.mass_definition == TRAINED_MASS_DEFINITION else
-                f"{preset.mass_definition}, not the {TRAINED_MASS_DEFINITION} the models were trained on")
+        fallback = preset.mass_definition  # the definition of the last M_h conversion, used when no other applies
+        preferred = [preset.mass_of(c) for c in preset.conversions_of("M_h")][:-1]
+        note = "" if fallback == TRAINED_MASS_DEFINITION else (
+            (f"M_h from {TRAINED_MASS_DEFINITION} when the catalog has that column; else "
+             if TRAINED_MASS_DEFINITION in preferred else "")
+            + f"{fallback}, not the {TRAINED_MASS_DEFINITION} the models were trained on")
         out.append(Preset(name, preset.title, [f"{c.column} = {c.formula}" for c in preset.conversions
                                                if c.column in features], note,
                           [c.name for c in FEATURES if c.name in preset.absent]))
