@@ -117,7 +117,8 @@ def _box_record(df) -> dict:
 def _preset_warning(args: argparse.Namespace, columns=None) -> dict:
     """The metadata of ``--preset-columns`` (empty without it), its mass-definition warning printed.
     ``columns``: the catalog's (they decide, e.g., M200c over Mvir); None: read from the header of
-    ``args.catalog`` (``paint``, which reads the catalog later, or on the service)."""
+    ``args.catalog`` (``paint --server``, whose catalog the service reads; local painting says it in its
+    summary's warnings)."""
     if not getattr(args, "preset_columns", None):
         return {}
     from app.core.catalogs import parse_column_mapping
@@ -672,8 +673,7 @@ def cmd_paint(args: argparse.Namespace) -> int:
                             on_invalid=_on_invalid(args), scheduler=args.scheduler,
                             dask_workers=args.dask_workers, mode=_mode(args), id_column=args.id_column,
                             column_preset=args.preset_columns)
-    _preset_warning(args)
-    summary = paint(spec, registry, progress=_progress_bar("painting", "halo"))
+    summary = paint(spec, registry, progress=_progress_bar("painting", "halo"))  # its warnings: the preset's too
     for w in summary.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
     if "dropped_rows" in summary:

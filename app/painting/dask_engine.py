@@ -22,7 +22,8 @@ from app.core.catalog_stream import ChunkReader, ChunkWriter
 from app.core.catalogs import CatalogError
 from app.core.model import GalaxyModel
 from app.core.registry import Registry
-from app.painting.local import _dropped, catalog_box, delta3_for, id_column_for, paint_frame, summary
+from app.painting.local import (_dropped, catalog_box, delta3_for, id_column_for, paint_frame, preset_warnings,
+                                summary)
 from app.painting.spec import PaintSpec
 
 _WORKER_MODELS: dict[tuple, GalaxyModel] = {}
@@ -73,10 +74,11 @@ def paint_dask(spec: PaintSpec, registry: Registry, progress: Callable[[int, int
         n = reader.n_rows
         if n == 0:
             raise CatalogError(f"{spec.catalog} has no rows")
-        box, box_warnings = catalog_box(reader, spec)
+        box, warnings = catalog_box(reader, spec)
         d3 = delta3_for(reader, spec, box)
         ids_from = id_column_for(reader, spec)
         meta = spec.provenance(ids_from, box, reader.source_columns)
+        warnings += preset_warnings(meta)
         csv = reader.format == "csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -124,5 +126,5 @@ def paint_dask(spec: PaintSpec, registry: Registry, progress: Callable[[int, int
     finally:
         if cluster is not None:
             cluster.close()
-    return summary(spec, n - extra.get("dropped_rows", 0), str(out), time.perf_counter() - t0, box_warnings,
+    return summary(spec, n - extra.get("dropped_rows", 0), str(out), time.perf_counter() - t0, warnings,
                    parts=len(ranges), **extra)

@@ -159,6 +159,13 @@ def delta3_for(reader: ChunkReader, spec: PaintSpec, box: float | None) -> np.nd
     return None
 
 
+def preset_warnings(meta: dict) -> list[str]:
+    """The column preset's mass-definition warning a painted file's metadata records, for the run's summary
+    (the painter knows the catalog's columns, which decide it: nobody reads the catalog again to say it)."""
+    warning = meta.get("mass_definition_warning")
+    return [warning] if warning else []
+
+
 def id_column(columns) -> str | None:
     return "ID" if "ID" in columns else None
 
@@ -185,7 +192,9 @@ def paint_file(spec: PaintSpec, registry: Registry, progress: Progress | None = 
         box, warnings = catalog_box(reader, spec)
         d3 = delta3_for(reader, spec, box)
         ids_from = id_column_for(reader, spec)
-        with ChunkWriter(spec.out, metadata=spec.provenance(ids_from, box, reader.source_columns)) as writer:
+        meta = spec.provenance(ids_from, box, reader.source_columns)
+        warnings += preset_warnings(meta)
+        with ChunkWriter(spec.out, metadata=meta) as writer:
             if progress:
                 progress(0, reader.n_rows)
             for start, chunk in reader.chunks(spec.chunk_rows):
