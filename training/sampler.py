@@ -86,7 +86,7 @@ class Search:
 SEARCHES: dict[str, Search] = {
     "fast": Search(candidates=((4, 64), (8, 64)), depth=2, max_epochs=100, patience=8, batch_size=1024),
     "paper": Search(candidates=((4, 64), (8, 64), (8, 128), (12, 128)), depth=3, max_epochs=150, patience=12,
-                    batch_size=512, learning_rate=1e-3),
+                    batch_size=512, learning_rate=1e-3, members=5),
 }
 
 
