@@ -193,13 +193,11 @@ def refit_distributions(df, split: dict, hyper: dict, n: int, augment: int, seed
         y_train = np.concatenate([galaxies(train, base + 10_000 * a) for a in range(augment)])
         mdn = MixtureDensityNetwork(search=hyper.get("search", "fast"), n_components=int(hyper["n_components"]),
                                     width=int(hyper["width"]), depth=int(hyper["depth"]),
-                                    n_members=int(hyper.get("n_members", 1)),
                                     activation=hyper.get("activation", "relu"),
                                     learning_rate=hyper.get("learning_rate"), batch_size=hyper.get("batch_size"),
                                     diag_floor=float(hyper.get("diag_floor", 1e-3)), random_state=seed)
         mdn.fit(np.tile(x[train], (augment, 1)), y_train, x[val], galaxies(val, base + 500))
-        say(f"refit {r}/{n} (redraw seed {base}, {len(y_train):,} training galaxies): "
-            f"{'/'.join(str(m['epochs']) for m in mdn.members_)} epochs, "
+        say(f"refit {r}/{n} (redraw seed {base}, {len(y_train):,} training galaxies): {mdn.epochs_} epochs, "
             f"val NLL {mdn.val_nll_:.4f}, {time.perf_counter() - t0:.0f} s")
         yield base, mdn.distribution(x[test])
 

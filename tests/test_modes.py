@@ -51,7 +51,6 @@ def test_the_run_registers_the_sampler_with_lineage_metrics_and_domain(reg, trai
     assert "onnxruntime" in mv.package_versions and set(mv.training_domain) == set(FEATURE_NAMES)
     assert mv.metrics["onnx_max_abs_diff"] <= 1e-4 and np.isfinite(mv.metrics["test_nll"])
     assert mv.hyperparameters["n_components"] in (4, 8) and mv.hyperparameters["candidates"]
-    assert mv.hyperparameters["n_members"] == len(mv.hyperparameters["members"]) == 3
     ev = summary["sampler"]["evaluation"]
     assert set(ev["ks_d"]) == set(TARGET_NAMES) and ev["n"] == summary["split"]["test"]
     assert reg.get_run(summary["run_id"])["metrics"]["sampler"]["metrics"] == mv.metrics
@@ -97,14 +96,13 @@ def test_sample_paint_is_identical_across_chunks_engines_and_row_order(reg, halo
     b = _paint(reg, src, tmp_path / "b.parquet", mode=mode, chunk_rows=777)
     assert a.attrs["galaxypaint"]["mode"] == "sample" and a.attrs["galaxypaint"]["seed"] == 7
     assert a.attrs["galaxypaint"]["id_column"] == "ID"
-    # 1e-12: a halo's distribution in batches of other sizes and neighbours may differ in the last bit
-    np.testing.assert_allclose(a[PRED].to_numpy(), b[PRED].to_numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(a[PRED].to_numpy(), b[PRED].to_numpy())
     # shuffled rows: each halo keeps its galaxy (keyed by ID, not by position)
     shuffled = df.sample(frac=1.0, random_state=1)
     write_table(shuffled, tmp_path / "shuffled.parquet")
     c = _paint(reg, tmp_path / "shuffled.parquet", tmp_path / "c.parquet", mode=mode, chunk_rows=1000)
     merged = a.set_index("ID").loc[c["ID"].to_numpy(), PRED].to_numpy()
-    np.testing.assert_allclose(c[PRED].to_numpy(), merged, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(c[PRED].to_numpy(), merged)
     # another seed, other galaxies; the same seed, the same whatever else changes
     d = _paint(reg, src, tmp_path / "d.parquet", mode=Mode("sample", seed=8))
     assert np.all(d[PRED].to_numpy() != a[PRED].to_numpy())

@@ -334,25 +334,15 @@ def test_mdn_records_its_search(known_fit):
     assert [(r["n_components"], r["width"]) for r in model.search_] == list(grid)
     assert model.n_components_ in {k for k, _ in grid}
     chosen = [r for r in model.search_ if (r["n_components"], r["width"]) == (model.n_components_, model.width_)]
-    assert len(chosen) == 1 and chosen[0] == model.members_[0]  # the search's winner is the first member
-    best = min(r["val_nll"] for r in model.search_)
-    assert chosen[0]["val_nll"] <= best + 0.002  # best, up to the tie margin
-    # the ensemble: the same architecture from the next seeds, its density the members' equal mixture, whose
-    # log-likelihood is at least the members' mean (log of a mean >= mean of logs)
-    m = SEARCHES["fast"].members
-    assert model.n_members_ == m == len(model.member_weights_) >= 2
-    assert [r["seed"] for r in model.members_] == [0, 1, 2][:m]
-    assert all((r["n_components"], r["width"]) == (model.n_components_, model.width_) for r in model.members_)
-    assert model.val_nll_ <= np.mean([r["val_nll"] for r in model.members_]) + 1e-9
+    assert len(chosen) == 1 and chosen[0]["val_nll"] == model.val_nll_ and chosen[0]["epochs"] == model.epochs_
+    assert model.val_nll_ <= min(r["val_nll"] for r in model.search_) + 0.002  # best, up to the tie margin
     assert model.nll(x[:10], np.zeros((10, 4))) > 0  # far-off targets are unlikely
-    assert all(1 <= r["best_epoch"] <= r["epochs"] <= SEARCHES["fast"].max_epochs for r in model.members_)
+    assert 1 <= model.best_epoch_ <= model.epochs_ <= SEARCHES["fast"].max_epochs
     assert model.fit_seconds_ > 0 and model.n_features_in_ == 5 and model.n_targets_ == 4
     w, mu, L = model.distribution(x[:100])
-    k = model.n_components_ * m
-    assert w.shape == (100, k) and mu.shape == (100, k, 4) and L.shape == (100, k, 4, 4)
+    assert w.shape == (100, model.n_components_) and mu.shape == (100, model.n_components_, 4)
+    assert L.shape == (100, model.n_components_, 4, 4)
     np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=0, atol=1e-12)
-    # each member's own mixture carries weight 1/M
-    np.testing.assert_allclose(w.reshape(100, m, -1).sum(axis=2), 1.0 / m, rtol=0, atol=1e-12)
     assert np.all(np.triu(L, 1) == 0) and np.all(np.diagonal(L, axis1=2, axis2=3) > 0)
 
 
@@ -368,8 +358,7 @@ def test_mdn_onnx_graph_reproduces_the_distribution(known_fit):
     diff = check_sampler_fidelity(graph, model, x)
     assert diff < 1e-10
     meta = {p.key: p.value for p in onnx.load_from_string(graph).metadata_props}
-    assert meta["kind"] == "mdn" and meta["note"] == "test" and meta["n_members"] == str(model.n_members_)
-    assert meta["n_components"] == str(model.n_components_ * model.n_members_)
+    assert meta["kind"] == "mdn" and meta["n_components"] == str(model.n_components_) and meta["note"] == "test"
     session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == list(OUTPUT_NAMES)
     assert session.get_inputs()[0].name == "halo_features"
@@ -401,7 +390,7 @@ def test_mdn_is_a_scikit_learn_estimator(known_fit):
     params = model.get_params()
     assert params["search"] == "fast" and params["random_state"] == 0 and params["n_components"] is None
     copy = clone(model)
-    assert copy.get_params() == params and not hasattr(copy, "member_weights_")
+    assert copy.get_params() == params and not hasattr(copy, "weights_")
     copy.set_params(n_components=2, width=8)
     assert copy.n_components == 2 and model.n_components is None
     fm = np.arange(5.0)
@@ -422,13 +411,6 @@ def test_mdn_small_fit_is_deterministic_and_validates_inputs():
     assert [(r["n_components"], r["width"]) for r in a.search_] == [(2, 16)]
     for p, q in zip(a.distribution(x[:200]), b.distribution(x[:200])):
         np.testing.assert_array_equal(p, q)
-    # a single network (no ensemble) is its own graph too
-    from training.sampler import check_sampler_fidelity, sampler_graph
-
-    one = MixtureDensityNetwork(n_members=1, **kw).fit(x[:2500], y[:2500], x[2500:], y[2500:])
-    assert one.n_members_ == 1 and one.distribution(x[:5])[0].shape == (5, 2)
-    np.testing.assert_array_equal(one.distribution(x[:200])[1], a.distribution(x[:200])[1][:, :2])  # member 0
-    assert check_sampler_fidelity(sampler_graph(one), one, x[:500]) < 1e-10
     # given feature standardization is used as is
     fm, fs = OFFSETS, SCALES
     c = MixtureDensityNetwork(feature_mean=fm, feature_scale=fs, **kw).fit(x[:2500], y[:2500], x[2500:], y[2500:])
@@ -439,7 +421,5 @@ def test_mdn_small_fit_is_deterministic_and_validates_inputs():
         MixtureDensityNetwork(**kw).fit(x, bad, x, y)
     with pytest.raises(ValueError):
         MixtureDensityNetwork(**kw).fit(x, y[:, :3], x, y)
-    with pytest.raises(ValueError, match="n_members"):
-        MixtureDensityNetwork(n_members=0, **kw).fit(x, y, x, y)
     with pytest.raises(ValueError, match="unknown search"):
         MixtureDensityNetwork(search="slow").fit(x, y, x, y)

@@ -547,8 +547,6 @@ def sampler_section(registry: Registry, run: dict, df: pd.DataFrame, test: np.nd
     h = entry.get("hyperparameters") or mv.hyperparameters or {}
     arch = (f"{h['n_components']} Gaussian components, {h['width']}×{h['depth']} network"
             if all(k in h for k in ("n_components", "width", "depth")) else "Gaussian mixture density network")
-    if int(h.get("n_members", 1)) > 1:
-        arch = f"an equal-weight ensemble of {h['n_members']} networks, each {arch}"
     c68, c95 = evaluation["coverage68"], evaluation["coverage95"]
     md = ["## Populations: the joint sampler", "",
           f"The run's joint sampler `{mv.uri}` ({arch}) gives each halo a distribution over the four properties; "

@@ -22,19 +22,12 @@ on the validation NLL with the best weights restored.  The number of components 
 chosen on the validation NLL over a small search (``SEARCHES``; ties within ``TIE_NATS`` go to the
 cheaper candidate).
 
-Ensemble.  The chosen architecture is then trained again from M - 1 further seeds, and the model is
-the equal-weight mixture of the M networks (a deep ensemble: M x K components).  Why: one fit's
-density carries the noise of its initialization and mini-batch order, visible in the tail fractions
-of a painted catalog; the mixture of several fits averages it out and has a better held-out NLL than
-each of them (figures: ``bench/README.md``), and averaging densities, unlike keeping the best seed,
-cannot overfit the validation split.
-
 Output.  ``distribution(X)`` returns, in the targets' schema units (log10 Msun/h, log10 h/yr,
 log10 kpc/h, mag): ``weights`` [N, K] (summing to 1), ``means`` [N, K, D] and ``chol`` [N, K, D, D]
-(lower-triangular factors of the component covariances), K being all the ensemble's components.  It
-is computed in float64 numpy from the Keras weights rather than with Keras' float32 ``predict``, so
-that the ONNX graph (``sampler_graph``: ``halo_features`` double [N, 5] in raw units -> ``weights``,
-``means``, ``chol``, all double) reproduces it to ~2e-15 (``check_sampler_fidelity``).  Draws, quantiles, CRPS and
+(lower-triangular factors of the component covariances).  It is computed in float64 numpy from the
+Keras weights rather than with Keras' float32 ``predict``, so that the ONNX graph
+(``sampler_graph``: ``halo_features`` double [N, 5] in raw units -> ``weights``, ``means``, ``chol``,
+all double) reproduces it to ~2e-15 (``check_sampler_fidelity``).  Draws, quantiles, CRPS and
 log-densities are computed from those three arrays by ``app.core.sampling`` (numpy only, reproducible per
 (seed, halo id)).  NLLs are reported in nats per galaxy in the targets' schema units.
 """
@@ -75,7 +68,6 @@ class Search:
     patience: int
     batch_size: int
     learning_rate: float = 2e-3
-    members: int = 3
 
 
 #: ``fast``: tests, the README demo and quick looks; ``paper``: production runs.  Both are early-stopped
@@ -86,7 +78,7 @@ class Search:
 SEARCHES: dict[str, Search] = {
     "fast": Search(candidates=((4, 64), (8, 64)), depth=2, max_epochs=100, patience=8, batch_size=1024),
     "paper": Search(candidates=((4, 64), (8, 64), (8, 128), (12, 128)), depth=3, max_epochs=150, patience=12,
-                    batch_size=512, learning_rate=1e-3, members=5),
+                    batch_size=512, learning_rate=1e-3),
 }
 
 
@@ -120,8 +112,6 @@ class MixtureDensityNetwork(BaseEstimator):
         The candidate (K, width) grid, depth and training budget (``SEARCHES``).
     n_components, width, depth : int or None
         Fix K, the hidden width or the number of hidden layers instead of searching/using the preset.
-    n_members : int or None
-        Networks in the ensemble (seeds ``random_state``, ``random_state + 1``, ...); None -> the preset's.
     activation : "relu" | "tanh"
     learning_rate, batch_size, max_epochs, patience : None -> the search preset's values.
     diag_floor : float
@@ -133,22 +123,17 @@ class MixtureDensityNetwork(BaseEstimator):
         Feature standardization (schema units); None -> the training rows' mean and std.
     random_state : int
         Seeds initialization and shuffling.
-
-    Learned: ``n_components_`` (K per network), ``width_``, ``depth_``, ``n_members_``, ``member_weights_``
-    (each network's layers), ``members_`` (per network: seed, epochs, best epoch, validation NLL,
-    seconds), ``search_`` (the candidates' records), ``val_nll_`` (the ensemble's validation NLL).
     """
 
     def __init__(self, search: str = "fast", n_components: int | None = None, width: int | None = None,
-                 depth: int | None = None, n_members: int | None = None, activation: str = "relu",
-                 learning_rate: float | None = None, batch_size: int | None = None, max_epochs: int | None = None,
-                 patience: int | None = None, diag_floor: float = 1e-3, clipnorm: float = 1.0, feature_mean=None,
-                 feature_scale=None, random_state: int = 42):
+                 depth: int | None = None, activation: str = "relu", learning_rate: float | None = None,
+                 batch_size: int | None = None, max_epochs: int | None = None, patience: int | None = None,
+                 diag_floor: float = 1e-3, clipnorm: float = 1.0, feature_mean=None, feature_scale=None,
+                 random_state: int = 42):
         self.search = search
         self.n_components = n_components
         self.width = width
         self.depth = depth
-        self.n_members = n_members
         self.activation = activation
         self.learning_rate = learning_rate
         self.batch_size = batch_size
@@ -195,7 +180,7 @@ class MixtureDensityNetwork(BaseEstimator):
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"{name} has non-finite values")
         plan, cands = self._plan()
-        for name in ("n_components", "width", "depth", "n_members", "batch_size", "max_epochs", "patience"):
+        for name in ("n_components", "width", "depth", "batch_size", "max_epochs", "patience"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):
                 raise ValueError(f"{name} must be a positive integer or None, not {v!r}")
@@ -220,9 +205,10 @@ class MixtureDensityNetwork(BaseEstimator):
         yt = ((Y - self.target_mean_) / self.target_scale_).astype(np.float32)
         yv = ((Y_val - self.target_mean_) / self.target_scale_).astype(np.float32)
 
-        def train(k: int, width: int, seed: int) -> tuple[list, dict]:
+        results, fitted = [], []
+        for k, width in cands:
             t0 = time.perf_counter()
-            keras.utils.set_random_seed(seed)
+            keras.utils.set_random_seed(int(self.random_state))
             net = self._build(keras, k, width, self.depth_)
             net.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=float(self.clipnorm)),
                         loss=_nll_loss(k, self.n_targets_, float(self.diag_floor)),
@@ -239,44 +225,27 @@ class MixtureDensityNetwork(BaseEstimator):
                 weights = [(layer.get_weights()[0].astype(np.float64), layer.get_weights()[1].astype(np.float64))
                            for layer in net.layers]
             val_nll = float(-np.mean(sampling.mixture_logpdf(*self._distribution(X_val, weights, k), Y_val)))
+            if not np.isfinite(val_nll):
+                val_nll = float("inf")
             losses = hist.history["val_loss"]
-            return weights, {"n_components": k, "width": width, "depth": self.depth_, "seed": seed,
-                             "epochs": len(losses),
-                             "best_epoch": int(np.nanargmin(losses)) + 1 if losses else 0,
-                             "val_nll": val_nll if np.isfinite(val_nll) else float("inf"),
-                             "seconds": round(time.perf_counter() - t0, 2)}
-
-        seed = int(self.random_state)
-        results, fitted = [], []
-        for k, width in cands:
-            weights, rec = train(k, width, seed)
-            results.append(rec)
+            results.append({"n_components": k, "width": width, "depth": self.depth_,
+                            "epochs": len(losses), "best_epoch": int(np.nanargmin(losses)) + 1 if losses else 0,
+                            "val_nll": val_nll, "seconds": round(time.perf_counter() - t0, 2)})
             fitted.append(weights)
-            say(f"MDN K={k} width={width}x{self.depth_}: {rec['epochs']} epochs, val NLL {rec['val_nll']:.4f} nats "
-                f"({rec['seconds']:.0f} s)")
+            say(f"MDN K={k} width={width}x{self.depth_}: {len(losses)} epochs, val NLL {val_nll:.4f} nats "
+                f"({results[-1]['seconds']:.0f} s)")
         best_nll = min(r["val_nll"] for r in results)
         if not np.isfinite(best_nll):
             raise RuntimeError("every MDN candidate diverged (non-finite validation NLL)")
         i = next(i for i, r in enumerate(results) if r["val_nll"] <= best_nll + TIE_NATS)
-        k, width = results[i]["n_components"], results[i]["width"]
-        members, records = [fitted[i]], [results[i]]
-        n_members = int(self.n_members or plan.members)
-        for j in range(1, n_members):
-            weights, rec = train(k, width, seed + j)
-            if not np.isfinite(rec["val_nll"]):
-                raise RuntimeError(f"ensemble member {j + 1} (seed {seed + j}) diverged (non-finite validation NLL)")
-            members.append(weights)
-            records.append(rec)
-            say(f"MDN ensemble member {j + 1}/{n_members} (seed {seed + j}): {rec['epochs']} epochs, "
-                f"val NLL {rec['val_nll']:.4f} nats ({rec['seconds']:.0f} s)")
         self.search_ = results
-        self.n_components_, self.width_ = k, width
-        self.n_members_, self.member_weights_, self.members_ = n_members, members, records
+        self.weights_ = fitted[i]
+        self.n_components_ = results[i]["n_components"]
+        self.width_ = results[i]["width"]
+        self.val_nll_ = results[i]["val_nll"]
+        self.epochs_ = results[i]["epochs"]
+        self.best_epoch_ = results[i]["best_epoch"]
         self.batch_size_, self.learning_rate_ = batch, lr
-        self.val_nll_ = self.nll(X_val, Y_val)
-        if n_members > 1:
-            say(f"MDN ensemble of {n_members}: val NLL {self.val_nll_:.4f} nats "
-                f"(members {min(r['val_nll'] for r in records):.4f} to {max(r['val_nll'] for r in records):.4f})")
         self.fit_seconds_ = time.perf_counter() - t_start
         return self
 
@@ -298,7 +267,7 @@ class MixtureDensityNetwork(BaseEstimator):
         return (np.asarray(X, dtype=np.float64) - self.feature_mean_) / self.feature_scale_
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "member_weights_"):
+        if not hasattr(self, "weights_"):
             raise RuntimeError("this MixtureDensityNetwork is not fitted yet: call fit first")
 
     def _distribution(self, X, weights, k) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -330,16 +299,9 @@ class MixtureDensityNetwork(BaseEstimator):
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(f"expected X of shape (N, {self.n_features_in_}), got {X.shape}")
-        parts = [self._ensemble(X[s:s + batch]) for s in range(0, max(len(X), 1), batch)]
+        parts = [self._distribution(X[s:s + batch], self.weights_, self.n_components_)
+                 for s in range(0, max(len(X), 1), batch)]
         return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
-
-    def _ensemble(self, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The members' mixtures side by side, each weighted 1/M: [N, M*K], [N, M*K, D], [N, M*K, D, D]."""
-        parts = [self._distribution(X, w, self.n_components_) for w in self.member_weights_]
-        if len(parts) == 1:
-            return parts[0]
-        w, mu, chol = (np.concatenate([p[i] for p in parts], axis=1) for i in range(3))
-        return w * (1.0 / len(parts)), mu, chol
 
     def nll(self, X, Y) -> float:
         """Mean negative log-likelihood of ``Y`` given ``X`` (nats per galaxy, targets in schema units)."""
@@ -401,8 +363,7 @@ def _c(name: str, a) -> onnx.TensorProto:
 def sampler_graph(model: MixtureDensityNetwork, feature_mean=None, feature_scale=None,
                   metadata: dict[str, object] | None = None) -> bytes:
     """ONE ONNX graph of the fitted model: ``halo_features`` double [N, F] (schema units) ->
-    ``weights`` [N, K], ``means`` [N, K, D], ``chol`` [N, K, D, D], all double, in target units; K is
-    all the ensemble's components (each member's network is its own branch, its weights scaled by 1/M).
+    ``weights`` [N, K], ``means`` [N, K, D], ``chol`` [N, K, D, D], all double, in target units.
 
     The graph applies the model's own feature standardization.  ``feature_mean``/``feature_scale``
     are only for a model fitted on already-standardized features: the graph then applies that
@@ -424,6 +385,20 @@ def sampler_graph(model: MixtureDensityNetwork, feature_mean=None, feature_scale
     nodes += n
     inits += i
     act = "Relu" if model.activation == "relu" else "Tanh"
+    cur = "scaled"
+    for li, (w, b) in enumerate(model.weights_[:-1]):
+        inits += [_c(f"W{li}", w), _c(f"b{li}", b)]
+        nodes += [helper.make_node("MatMul", [cur, f"W{li}"], [f"h{li}_mm"]),
+                  helper.make_node("Add", [f"h{li}_mm", f"b{li}"], [f"h{li}_lin"]),
+                  helper.make_node(act, [f"h{li}_lin"], [f"h{li}"])]
+        cur = f"h{li}"
+    w_out, b_out = model.weights_[-1]
+    for name, s in _head_slices(k, d).items():  # one MatMul per head group: no Slice needed
+        if s.stop == s.start:  # D = 1: no off-diagonal entries
+            continue
+        inits += [_c(f"Wo_{name}", w_out[:, s]), _c(f"bo_{name}", b_out[s])]
+        nodes += [helper.make_node("MatMul", [cur, f"Wo_{name}"], [f"{name}_mm"]),
+                  helper.make_node("Add", [f"{name}_mm", f"bo_{name}"], [f"{name}_raw"])]
     n_off = d * (d - 1) // 2
     # scatter matrices place the diagonal / strictly-lower entries of each component's L: products
     # with 1 and sums with exact zeros, so the scatter adds no rounding
@@ -436,66 +411,35 @@ def sampler_graph(model: MixtureDensityNetwork, feature_mean=None, feature_scale
               _c("y_mean", model.target_mean_), _c("y_scale", model.target_scale_),
               _c("y_scale_col", model.target_scale_.reshape(d, 1)), _c("floor", np.array(float(model.diag_floor))),
               _c("one", np.array(1.0)), _c("e_diag", e_diag)]
+    nodes += [
+        helper.make_node("Softmax", ["logits_raw"], [OUTPUT_NAMES[0]], axis=-1),
+        helper.make_node("Reshape", ["means_raw", "shape_kd"], ["means_std"]),
+        helper.make_node("Mul", ["means_std", "y_scale"], ["means_scaled"]),
+        helper.make_node("Add", ["means_scaled", "y_mean"], [OUTPUT_NAMES[1]]),
+        # softplus(x) = max(x, 0) + log(1 + exp(-|x|)), spelled out as in the numpy reference
+        helper.make_node("Relu", ["diag_raw"], ["sp_pos"]),
+        helper.make_node("Abs", ["diag_raw"], ["sp_abs"]),
+        helper.make_node("Neg", ["sp_abs"], ["sp_neg"]),
+        helper.make_node("Exp", ["sp_neg"], ["sp_exp"]),
+        helper.make_node("Add", ["one", "sp_exp"], ["sp_1p"]),
+        helper.make_node("Log", ["sp_1p"], ["sp_log"]),
+        helper.make_node("Add", ["sp_pos", "sp_log"], ["sp"]),
+        helper.make_node("Add", ["sp", "floor"], ["diag_pos"]),
+        helper.make_node("Reshape", ["diag_pos", "shape_kd"], ["diag_kd"]),
+        helper.make_node("MatMul", ["diag_kd", "e_diag"], ["chol_diag"]),
+    ]
     if n_off:
         inits += [_c("shape_koff", np.array([-1, k, n_off], np.int64)), _c("e_off", e_off)]
-    m_count = len(model.member_weights_)
-    outs = [[], [], []]
-    for m, weights in enumerate(model.member_weights_):
-        p = f"m{m}_"
-        cur = "scaled"
-        for li, (w, b) in enumerate(weights[:-1]):
-            inits += [_c(f"{p}W{li}", w), _c(f"{p}b{li}", b)]
-            nodes += [helper.make_node("MatMul", [cur, f"{p}W{li}"], [f"{p}h{li}_mm"]),
-                      helper.make_node("Add", [f"{p}h{li}_mm", f"{p}b{li}"], [f"{p}h{li}_lin"]),
-                      helper.make_node(act, [f"{p}h{li}_lin"], [f"{p}h{li}"])]
-            cur = f"{p}h{li}"
-        w_out, b_out = weights[-1]
-        for name, sl in _head_slices(k, d).items():  # one MatMul per head group: no Slice needed
-            if sl.stop == sl.start:  # D = 1: no off-diagonal entries
-                continue
-            inits += [_c(f"{p}Wo_{name}", w_out[:, sl]), _c(f"{p}bo_{name}", b_out[sl])]
-            nodes += [helper.make_node("MatMul", [cur, f"{p}Wo_{name}"], [f"{p}{name}_mm"]),
-                      helper.make_node("Add", [f"{p}{name}_mm", f"{p}bo_{name}"], [f"{p}{name}_raw"])]
-        nodes += [
-            helper.make_node("Softmax", [f"{p}logits_raw"], [f"{p}weights"], axis=-1),
-            helper.make_node("Reshape", [f"{p}means_raw", "shape_kd"], [f"{p}means_std"]),
-            helper.make_node("Mul", [f"{p}means_std", "y_scale"], [f"{p}means_scaled"]),
-            helper.make_node("Add", [f"{p}means_scaled", "y_mean"], [f"{p}means"]),
-            # softplus(x) = max(x, 0) + log(1 + exp(-|x|)), spelled out as in the numpy reference
-            helper.make_node("Relu", [f"{p}diag_raw"], [f"{p}sp_pos"]),
-            helper.make_node("Abs", [f"{p}diag_raw"], [f"{p}sp_abs"]),
-            helper.make_node("Neg", [f"{p}sp_abs"], [f"{p}sp_neg"]),
-            helper.make_node("Exp", [f"{p}sp_neg"], [f"{p}sp_exp"]),
-            helper.make_node("Add", ["one", f"{p}sp_exp"], [f"{p}sp_1p"]),
-            helper.make_node("Log", [f"{p}sp_1p"], [f"{p}sp_log"]),
-            helper.make_node("Add", [f"{p}sp_pos", f"{p}sp_log"], [f"{p}sp"]),
-            helper.make_node("Add", [f"{p}sp", "floor"], [f"{p}diag_pos"]),
-            helper.make_node("Reshape", [f"{p}diag_pos", "shape_kd"], [f"{p}diag_kd"]),
-            helper.make_node("MatMul", [f"{p}diag_kd", "e_diag"], [f"{p}chol_diag"]),
-        ]
-        if n_off:
-            nodes += [helper.make_node("Reshape", [f"{p}off_raw", "shape_koff"], [f"{p}off_k"]),
-                      helper.make_node("MatMul", [f"{p}off_k", "e_off"], [f"{p}chol_off"]),
-                      helper.make_node("Add", [f"{p}chol_diag", f"{p}chol_off"], [f"{p}chol_flat"])]
-        else:
-            nodes.append(helper.make_node("Identity", [f"{p}chol_diag"], [f"{p}chol_flat"]))
-        nodes += [helper.make_node("Reshape", [f"{p}chol_flat", "shape_kdd"], [f"{p}chol_std"]),
-                  helper.make_node("Mul", [f"{p}chol_std", "y_scale_col"], [f"{p}chol"])]
-        for o, name in zip(outs, ("weights", "means", "chol")):
-            o.append(f"{p}{name}")
-    if m_count == 1:
-        nodes += [helper.make_node("Identity", [o[0]], [name]) for o, name in zip(outs, OUTPUT_NAMES)]
-    else:  # the members' components side by side, each member's weights scaled by 1/M
-        inits.append(_c("inv_members", np.array(1.0 / m_count)))
-        nodes += [helper.make_node("Concat", outs[0], ["weights_cat"], axis=1),
-                  helper.make_node("Mul", ["weights_cat", "inv_members"], [OUTPUT_NAMES[0]]),
-                  helper.make_node("Concat", outs[1], [OUTPUT_NAMES[1]], axis=1),
-                  helper.make_node("Concat", outs[2], [OUTPUT_NAMES[2]], axis=1)]
-    k_all = k * m_count
+        nodes += [helper.make_node("Reshape", ["off_raw", "shape_koff"], ["off_k"]),
+                  helper.make_node("MatMul", ["off_k", "e_off"], ["chol_off"]),
+                  helper.make_node("Add", ["chol_diag", "chol_off"], ["chol_flat"])]
+    else:
+        nodes.append(helper.make_node("Identity", ["chol_diag"], ["chol_flat"]))
+    nodes += [helper.make_node("Reshape", ["chol_flat", "shape_kdd"], ["chol_std"]),
+              helper.make_node("Mul", ["chol_std", "y_scale_col"], [OUTPUT_NAMES[2]])]
 
     targets = list(TARGET_NAMES) if d == len(TARGET_NAMES) else [f"y{i}" for i in range(d)]
-    meta = {"kind": "mdn", "n_components": str(k_all), "n_members": str(m_count),
-            "components_per_member": str(k), "width": str(model.width_), "depth": str(model.depth_),
+    meta = {"kind": "mdn", "n_components": str(k), "width": str(model.width_), "depth": str(model.depth_),
             "activation": model.activation, "diag_floor": repr(float(model.diag_floor)),
             "feature_order": json.dumps(list(FEATURE_NAMES) if f == len(FEATURE_NAMES) else
                                         [f"x{i}" for i in range(f)]),
@@ -507,9 +451,9 @@ def sampler_graph(model: MixtureDensityNetwork, feature_mean=None, feature_scale
     graph = helper.make_graph(
         nodes, "galaxy-sampler-mdn",
         [helper.make_tensor_value_info(ox.INPUT_NAME, TensorProto.DOUBLE, [None, f])],
-        [helper.make_tensor_value_info(OUTPUT_NAMES[0], TensorProto.DOUBLE, [None, k_all]),
-         helper.make_tensor_value_info(OUTPUT_NAMES[1], TensorProto.DOUBLE, [None, k_all, d]),
-         helper.make_tensor_value_info(OUTPUT_NAMES[2], TensorProto.DOUBLE, [None, k_all, d, d])],
+        [helper.make_tensor_value_info(OUTPUT_NAMES[0], TensorProto.DOUBLE, [None, k]),
+         helper.make_tensor_value_info(OUTPUT_NAMES[1], TensorProto.DOUBLE, [None, k, d]),
+         helper.make_tensor_value_info(OUTPUT_NAMES[2], TensorProto.DOUBLE, [None, k, d, d])],
         inits)
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ox.OPSET)],
                                    producer_name="galaxypaint")

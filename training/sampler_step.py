@@ -45,11 +45,10 @@ class SamplerResult:
     def hyperparameters(self) -> dict[str, Any]:
         m = self.model
         return {"family": "Gaussian mixture density network (full covariances, Cholesky factors)",
-                "n_components": int(m.n_components_), "n_members": int(m.n_members_), "width": int(m.width_),
-                "depth": int(m.depth_),
+                "n_components": int(m.n_components_), "width": int(m.width_), "depth": int(m.depth_),
                 "activation": m.activation, "diag_floor": float(m.diag_floor), "search": m.search,
                 "learning_rate": float(m.learning_rate_), "batch_size": int(m.batch_size_),
-                "members": m.members_, "candidates": m.search_}
+                "epochs": int(m.epochs_), "best_epoch": int(m.best_epoch_), "candidates": m.search_}
 
     def metrics(self) -> dict[str, float]:
         """Flat numbers for the registry record (the full evaluation is in ``summary()``)."""
@@ -109,8 +108,7 @@ def train_sampler(df: pd.DataFrame, split: dict[str, np.ndarray], raw_results: d
     res = SamplerResult(mdn, graph, fidelity, evaluation, training_domain, len(tr), len(va), len(te),
                         time.perf_counter() - t0)
     m = res.metrics()
-    progress(f"[sampler] {mdn.n_members_} x K={mdn.n_components_} {mdn.width_}x{mdn.depth_}: "
-             f"test NLL {m['test_nll']:.3f} nats, "
+    progress(f"[sampler] K={mdn.n_components_} {mdn.width_}x{mdn.depth_}: test NLL {m['test_nll']:.3f} nats, "
              f"K-S D <= {m['ks_d']:.4f}, CRPS/baseline "
              + " ".join(f"{t} {m[f'crps_ratio_{t}']:.3f}" for t in TARGET_NAMES)
              + f" ({res.seconds:.0f} s)")
@@ -122,8 +120,8 @@ def format_sampler(entry: dict[str, Any]) -> str:
     if "skipped" in entry:
         return f"sampler: not trained ({entry['skipped']})"
     e, h = entry["evaluation"], entry["hyperparameters"]
-    lines = [f"joint sampler (raw): MDN {h.get('n_members', 1)} x K={h['n_components']} {h['width']}x{h['depth']}, "
-             f"test NLL {e['nll']:.4f} nats/galaxy, ONNX diff {entry['metrics']['onnx_max_abs_diff']:.1e}",
+    lines = [f"joint sampler (raw): MDN K={h['n_components']} {h['width']}x{h['depth']}, test NLL {e['nll']:.4f} "
+             f"nats/galaxy, ONNX diff {entry['metrics']['onnx_max_abs_diff']:.1e}",
              f"{'property':8s} {'KS D':>7s} {'cov68':>7s} {'cov95':>7s} {'CRPS':>9s} {'baseline':>9s} {'ratio':>6s} "
              f"{'tail bin sampled/true':>24s}"]
     for t in TARGET_NAMES:
