@@ -104,14 +104,15 @@ class Judge:
         self.true_spec = pop.bin_spectra(self.pos, self.y_true, self.box, self.meta["nmesh"], k_edges=self.k_edges)
         self.counts_true = pop.bin_counts(self.y_true)
 
-    def score(self, dist, say=print) -> Verdict:
+    def score(self, dist, say=print, lower: float | None = None) -> Verdict:
         from app.core import sampling
         from app.core.schema import TARGET_NAMES
         from app.science import populations as pop
 
         v = Verdict()
         t0 = time.perf_counter()
-        ev = pop.evaluate_sampler(*dist, self.y_true, self.m_h, self.test, self.seeds[0], self.base_test, self.scatter)
+        ev = pop.evaluate_sampler(*dist, self.y_true, self.m_h, self.test, self.seeds[0], self.base_test, self.scatter,
+                                  lower=lower)
         v.evaluation = ev
         for t in TARGET_NAMES:
             v.check(f"ks_D.{t}", ev["ks_d"][t], None, 0.02)
@@ -131,7 +132,7 @@ class Judge:
         t0 = time.perf_counter()
         spectra, counts = [], []
         for i, seed in enumerate(self.seeds):
-            ys = sampling.sample_mixture(*dist, self.test, seed)
+            ys = sampling.sample_mixture(*dist, self.test, seed, lower=lower)
             spectra.append(pop.bin_spectra(self.pos, ys, self.box, self.meta["nmesh"], k_edges=self.k_edges))
             counts.append(pop.bin_counts(ys))
             say(f"  realization {i + 1}/{len(self.seeds)}: {time.perf_counter() - t0:.0f} s")
@@ -195,7 +196,8 @@ def refit_distributions(df, split: dict, hyper: dict, n: int, augment: int, seed
                                     width=int(hyper["width"]), depth=int(hyper["depth"]),
                                     activation=hyper.get("activation", "relu"),
                                     learning_rate=hyper.get("learning_rate"), batch_size=hyper.get("batch_size"),
-                                    diag_floor=float(hyper.get("diag_floor", 1e-3)), random_state=seed)
+                                    diag_floor=float(hyper.get("diag_floor", 1e-3)),
+                                    lower_cut=hyper.get("lower_cut"), random_state=seed)
         mdn.fit(np.tile(x[train], (augment, 1)), y_train, x[val], galaxies(val, base + 500))
         say(f"refit {r}/{n} (redraw seed {base}, {len(y_train):,} training galaxies): {mdn.epochs_} epochs, "
             f"val NLL {mdn.val_nll_:.4f}, {time.perf_counter() - t0:.0f} s")
@@ -245,7 +247,8 @@ def main() -> None:
 
     judge = Judge(null, df, split, base(split["test"]), base(split["val"]), args.seed0, args.seeds)
     say = lambda m: print(m, flush=True)  # noqa: E731
-    verdict = judge.score(next(iter(sampler.models.values())).distribution(judge.x_test), say)
+    loaded = next(iter(sampler.models.values()))
+    verdict = judge.score(loaded.distribution(judge.x_test), say, lower=loaded.lower_cut)
     contrast = judge.contrast()
 
     fmt = lambda v: f"{v:9.4f}" if v is not None else f"{'':9s}"  # noqa: E731
@@ -276,7 +279,7 @@ def main() -> None:
               f"(x{args.augment})", flush=True)
         for redraw_seed, dist in refit_distributions(df, split, record.hyperparameters, args.training_noise,
                                                      args.augment, record.seed if record.seed is not None else 42, say):
-            v = judge.score(dist, lambda _m: None)
+            v = judge.score(dist, lambda _m: None, lower=record.hyperparameters.get("lower_cut"))
             refits.append({"redraw_seed": redraw_seed, "failed": v.failed,
                            "rows": {n: val for n, val, *_ in v.rows}})
             print(f"  {len(v.rows) - len(v.failed)}/{len(v.rows)} pass" +

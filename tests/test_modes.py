@@ -12,7 +12,7 @@ pytest.importorskip("lightgbm")
 from app.core.catalogs import CatalogError, read_table, write_table  # noqa: E402
 from app.core.model import GalaxyModel, Mode  # noqa: E402
 from app.core.registry import InvalidReference, ModelNotFound, Registry  # noqa: E402
-from app.core.schema import FEATURE_NAMES, TARGET_NAMES  # noqa: E402
+from app.core.schema import CUTS, FEATURE_NAMES, TARGET_NAMES  # noqa: E402
 from app.painting.local import paint  # noqa: E402
 from app.painting.spec import PaintSpec  # noqa: E402
 from app.science.populations import ks_per_property  # noqa: E402
@@ -51,6 +51,8 @@ def test_the_run_registers_the_sampler_with_lineage_metrics_and_domain(reg, trai
     assert "onnxruntime" in mv.package_versions and set(mv.training_domain) == set(FEATURE_NAMES)
     assert mv.metrics["onnx_max_abs_diff"] <= 1e-4 and np.isfinite(mv.metrics["test_nll"])
     assert mv.hyperparameters["n_components"] in (4, 8) and mv.hyperparameters["candidates"]
+    # the built-in catalog is selected on smass > 8.75, as the paper's sample: the sampler learns that law
+    assert mv.hyperparameters["lower_cut"] == CUTS["smass"]
     ev = summary["sampler"]["evaluation"]
     assert set(ev["ks_d"]) == set(TARGET_NAMES) and ev["n"] == summary["split"]["test"]
     assert reg.get_run(summary["run_id"])["metrics"]["sampler"]["metrics"] == mv.metrics
@@ -154,6 +156,8 @@ def test_quantiles_are_ordered_and_agree_with_the_draws(reg, halos, tmp_path):
         assert abs(below - 0.5) < 4 * np.sqrt(0.25 / n), (t, below)
         assert abs(inside - 0.68) < 4 * np.sqrt(0.68 * 0.32 / n), (t, inside)
     assert not any(c.endswith("_pred") for c in q.columns)
+    # no painted galaxy falls below the selection the sampler learnt from
+    assert s["smass_pred"].min() > CUTS["smass"] and q["smass_q2.5"].min() >= CUTS["smass"]
 
 
 def test_sampled_populations_match_the_exact_law_where_means_do_not(reg, trained_sampler):

@@ -121,6 +121,12 @@ class MixtureDensityNetwork(BaseEstimator):
         Adam's gradient-norm clip: NLL gradients explode when a component narrows onto few rows.
     feature_mean, feature_scale : array [n_features] or None
         Feature standardization (schema units); None -> the training rows' mean and std.
+    lower_cut : float or None
+        The selection on the first target (the stellar mass, in its schema units) the training catalog was
+        made with: every training galaxy lies above it.  The model is then fitted as the law conditioned on
+        it (the likelihood of each galaxy divided by its halo's mixture mass above the cut, as for any
+        truncated sample), and its draws, quantiles and densities are conditioned on it too, so that no
+        painted galaxy falls outside the selection the model learnt from.
     random_state : int
         Seeds initialization and shuffling.
     """
@@ -129,7 +135,7 @@ class MixtureDensityNetwork(BaseEstimator):
                  depth: int | None = None, activation: str = "relu", learning_rate: float | None = None,
                  batch_size: int | None = None, max_epochs: int | None = None, patience: int | None = None,
                  diag_floor: float = 1e-3, clipnorm: float = 1.0, feature_mean=None, feature_scale=None,
-                 random_state: int = 42):
+                 lower_cut: float | None = None, random_state: int = 42):
         self.search = search
         self.n_components = n_components
         self.width = width
@@ -143,6 +149,7 @@ class MixtureDensityNetwork(BaseEstimator):
         self.clipnorm = clipnorm
         self.feature_mean = feature_mean
         self.feature_scale = feature_scale
+        self.lower_cut = lower_cut
         self.random_state = random_state
 
     # ------------------------------------------------------------------ fitting
@@ -180,6 +187,10 @@ class MixtureDensityNetwork(BaseEstimator):
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"{name} has non-finite values")
         plan, cands = self._plan()
+        cut = None if self.lower_cut is None else float(self.lower_cut)
+        if cut is not None and (not np.isfinite(cut) or min(Y[:, 0].min(), Y_val[:, 0].min()) <= cut):
+            raise ValueError(f"lower_cut {self.lower_cut!r}: every training and validation galaxy's first target "
+                             "must lie above it (the selection the catalog was made with)")
         for name in ("n_components", "width", "depth", "batch_size", "max_epochs", "patience"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):
@@ -193,6 +204,8 @@ class MixtureDensityNetwork(BaseEstimator):
         self.target_mean_ = Y.mean(axis=0)
         sd = Y.std(axis=0)
         self.target_scale_ = np.where(sd > 0, sd, 1.0)
+        self.lower_cut_ = cut
+        cut_std = None if cut is None else (cut - self.target_mean_[0]) / self.target_scale_[0]
         self.depth_ = int(self.depth or plan.depth)
         lr = float(self.learning_rate or plan.learning_rate)
         max_epochs = int(self.max_epochs or plan.max_epochs)
@@ -211,7 +224,7 @@ class MixtureDensityNetwork(BaseEstimator):
             keras.utils.set_random_seed(int(self.random_state))
             net = self._build(keras, k, width, self.depth_)
             net.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=float(self.clipnorm)),
-                        loss=_nll_loss(k, self.n_targets_, float(self.diag_floor)),
+                        loss=_nll_loss(k, self.n_targets_, float(self.diag_floor), cut_std),
                         jit_compile=False)  # XLA measured no faster here, and adds a compile per candidate
             stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
             plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
@@ -224,7 +237,7 @@ class MixtureDensityNetwork(BaseEstimator):
                                verbose=0, callbacks=[stop, plateau, keras.callbacks.TerminateOnNaN()])
                 weights = [(layer.get_weights()[0].astype(np.float64), layer.get_weights()[1].astype(np.float64))
                            for layer in net.layers]
-            val_nll = float(-np.mean(sampling.mixture_logpdf(*self._distribution(X_val, weights, k), Y_val)))
+            val_nll = float(-np.mean(sampling.mixture_logpdf(*self._distribution(X_val, weights, k), Y_val, cut)))
             if not np.isfinite(val_nll):
                 val_nll = float("inf")
             losses = hist.history["val_loss"]
@@ -305,7 +318,8 @@ class MixtureDensityNetwork(BaseEstimator):
 
     def nll(self, X, Y) -> float:
         """Mean negative log-likelihood of ``Y`` given ``X`` (nats per galaxy, targets in schema units)."""
-        return float(-np.mean(sampling.mixture_logpdf(*self.distribution(X), np.asarray(Y, np.float64))))
+        return float(-np.mean(sampling.mixture_logpdf(*self.distribution(X), np.asarray(Y, np.float64),
+                                                      self.lower_cut_)))
 
     def score(self, X, Y) -> float:
         """Mean log-likelihood (higher is better, scikit-learn's convention for ``score``)."""
@@ -313,15 +327,27 @@ class MixtureDensityNetwork(BaseEstimator):
 
     def sample(self, X, ids, seed: int) -> np.ndarray:
         """One draw [N, D] per halo, reproducible per (``seed``, halo id) (``app.core.sampling.sample_mixture``)."""
-        return sampling.sample_mixture(*self.distribution(X), ids, seed)
+        return sampling.sample_mixture(*self.distribution(X), ids, seed, lower=self.lower_cut_)
 
     def quantiles(self, X, levels) -> np.ndarray:
         """Marginal quantiles [N, D, len(levels)] per property (``app.core.sampling.mixture_quantiles``)."""
-        return sampling.mixture_quantiles(*self.distribution(X), levels)
+        return sampling.mixture_quantiles(*self.distribution(X), levels, lower=self.lower_cut_)
 
 
-def _nll_loss(k: int, d: int, floor: float):
-    """Keras loss: per-row NLL of standardized targets ``y`` [B, D] under the head's mixture ``out``."""
+def _log_sf(a):
+    """log P(Z > a) for Z ~ N(0, 1), in Keras ops: log(erfc(a / sqrt 2) / 2) until float32's erfc nears
+    underflow, the asymptotic tail beyond (both branches see clamped inputs, so no NaN gradient leaks)."""
+    from keras import ops
+
+    near = ops.minimum(a, 8.0)
+    far = ops.maximum(a, 8.0)
+    tail = -0.5 * far * far - ops.log(far) - 0.5 * float(np.log(2.0 * np.pi)) + ops.log(1.0 - 1.0 / (far * far))
+    return ops.where(a < 8.0, ops.log(0.5 * ops.erfc(near / float(np.sqrt(2.0)))), tail)
+
+
+def _nll_loss(k: int, d: int, floor: float, cut: float | None = None):
+    """Keras loss: per-row NLL of standardized targets ``y`` [B, D] under the head's mixture ``out``;
+    ``cut`` (standardized): the mixture conditioned on y_0 > cut, i.e. plus log P(y_0 > cut)."""
     from keras import ops
 
     sl = _head_slices(k, d)
@@ -346,8 +372,12 @@ def _nll_loss(k: int, d: int, floor: float):
             zi = acc / diag[:, :, i]
             z.append(zi)
             quad = quad + zi * zi
-        logp = ops.log_softmax(logits, axis=-1) - 0.5 * quad - ops.sum(ops.log(diag), axis=-1) - const
-        return -ops.logsumexp(logp, axis=-1)
+        logw = ops.log_softmax(logits, axis=-1)
+        logp = logw - 0.5 * quad - ops.sum(ops.log(diag), axis=-1) - const
+        if cut is None:
+            return -ops.logsumexp(logp, axis=-1)
+        log_above = ops.logsumexp(logw + _log_sf((cut - mu[:, :, 0]) / diag[:, :, 0]), axis=-1)
+        return log_above - ops.logsumexp(logp, axis=-1)
 
     nll.__name__ = "mixture_nll"
     return nll
@@ -440,6 +470,7 @@ def sampler_graph(model: MixtureDensityNetwork, feature_mean=None, feature_scale
 
     targets = list(TARGET_NAMES) if d == len(TARGET_NAMES) else [f"y{i}" for i in range(d)]
     meta = {"kind": "mdn", "n_components": str(k), "width": str(model.width_), "depth": str(model.depth_),
+            "lower_cut": json.dumps(model.lower_cut_),
             "activation": model.activation, "diag_floor": repr(float(model.diag_floor)),
             "feature_order": json.dumps(list(FEATURE_NAMES) if f == len(FEATURE_NAMES) else
                                         [f"x{i}" for i in range(f)]),

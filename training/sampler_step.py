@@ -2,7 +2,8 @@
 
 After the stacks, a run with all four targets on the raw path fits the mixture density network
 (``training.sampler``) on the same training rows, chosen and early-stopped on the same validation
-rows, standardized with the raw path's feature scaler; writes its ONNX graph and checks it against
+rows, standardized with the raw path's feature scaler, as the law above the catalog's stellar-mass
+selection when every training galaxy passes it (``selection_cut``); writes its ONNX graph and checks it against
 the native distribution on the whole test split (|ONNX - native| <= 1e-4 on weights, means and
 Cholesky factors, else nothing is registered); and judges it on the test split
 (``app.science.populations.evaluate_sampler``) against the homoscedastic baseline made of the raw
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from app import __version__
-from app.core.schema import FEATURE_NAMES, TARGET_NAMES
+from app.core.schema import CUTS, FEATURE_NAMES, TARGET_NAMES
 from app.science.populations import TAIL_BIN, TAIL_NAME, evaluate_sampler, residual_scatter
 from training import onnx_export as ox
 from training.sampler import MixtureDensityNetwork, check_sampler_fidelity, sampler_graph
@@ -47,6 +48,7 @@ class SamplerResult:
         return {"family": "Gaussian mixture density network (full covariances, Cholesky factors)",
                 "n_components": int(m.n_components_), "width": int(m.width_), "depth": int(m.depth_),
                 "activation": m.activation, "diag_floor": float(m.diag_floor), "search": m.search,
+                "lower_cut": m.lower_cut_,
                 "learning_rate": float(m.learning_rate_), "batch_size": int(m.batch_size_),
                 "epochs": int(m.epochs_), "best_epoch": int(m.best_epoch_), "candidates": m.search_}
 
@@ -76,6 +78,13 @@ def stack_predictions(result, x: np.ndarray) -> np.ndarray:
     return result.stack.model.predict(preds)
 
 
+def selection_cut(smass: np.ndarray) -> float | None:
+    """The stellar-mass selection the training galaxies were drawn with: the schema's cut (the paper's
+    sample, ``ingest-tng`` and the built-in catalog apply it) when every galaxy lies above it, else None
+    (a catalog selected otherwise, or not at all, gets no truncation)."""
+    return float(CUTS["smass"]) if len(smass) and float(np.min(smass)) > CUTS["smass"] else None
+
+
 def train_sampler(df: pd.DataFrame, split: dict[str, np.ndarray], raw_results: dict, seed: int, search: str,
                   training_domain: dict[str, dict[str, float]], progress: Progress,
                   tol: float = 1e-4) -> SamplerResult:
@@ -86,9 +95,12 @@ def train_sampler(df: pd.DataFrame, split: dict[str, np.ndarray], raw_results: d
     y = df[list(TARGET_NAMES)].to_numpy(dtype=np.float64)
     tr, va, te = split["train"], split["val"], split["test"]
     scaler = raw_results[TARGET_NAMES[0]].scaler
-    progress(f"[sampler] fitting the joint mixture density network ({search} search) on {len(tr):,} halos")
+    cut = selection_cut(y[np.concatenate([tr, va]), 0])
+    progress(f"[sampler] fitting the joint mixture density network ({search} search) on {len(tr):,} halos"
+             + (f", as the law above the catalog's selection smass > {cut}" if cut is not None else
+                f" (some galaxies have smass <= {CUTS['smass']}: no selection cut assumed)"))
     mdn = MixtureDensityNetwork(search=search, feature_mean=scaler.mean, feature_scale=scaler.scale,
-                                random_state=seed)
+                                lower_cut=cut, random_state=seed)
     mdn.fit(x[tr], y[tr], x[va], y[va], progress=lambda m: progress(f"[sampler] {m}"))
     progress(f"[sampler] exporting to ONNX and checking it on the {len(te):,} test halos")
     graph = sampler_graph(mdn, metadata={"kind": "sampler", "seed": seed, "training_domain": training_domain,
@@ -104,7 +116,7 @@ def train_sampler(df: pd.DataFrame, split: dict[str, np.ndarray], raw_results: d
     # the stacks' test predictions were made (on the same rows) when the stacks were scored
     baseline_test = np.column_stack([raw_results[t].scores["stack"].predictions for t in TARGET_NAMES])
     evaluation = evaluate_sampler(*mdn.distribution(x[te]), y[te], x[te, 0], te, seed, baseline_test,
-                                  residual_scatter(baseline_val, y[va]))
+                                  residual_scatter(baseline_val, y[va]), lower=mdn.lower_cut_)
     res = SamplerResult(mdn, graph, fidelity, evaluation, training_domain, len(tr), len(va), len(te),
                         time.perf_counter() - t0)
     m = res.metrics()

@@ -16,6 +16,7 @@ Three modes (``Mode``) say what a galaxy is:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -135,6 +136,8 @@ class LoadedModel:
     session: ort.InferenceSession
     max_batch_rows: int
     run_options: ort.RunOptions | None = None
+    #: a sampler's selection cut on its first target (the training catalog's stellar-mass cut), or None
+    lower_cut: float | None = None
 
     @classmethod
     def load(cls, registry: Registry, mv: ModelVersion, threads: int = 0) -> "LoadedModel":
@@ -145,7 +148,8 @@ class LoadedModel:
         session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         meta = session.get_modelmeta().custom_metadata_map
         max_batch = int(meta.get("max_batch_rows", mv.extra.get("max_batch_rows", 65536)))
-        return cls(mv, session, max(1, max_batch), shrinking_run_options())
+        cut = json.loads(meta["lower_cut"]) if mv.kind == SAMPLER_KIND and "lower_cut" in meta else None
+        return cls(mv, session, max(1, max_batch), shrinking_run_options(), None if cut is None else float(cut))
 
     @property
     def is_sampler(self) -> bool:
@@ -287,12 +291,13 @@ class GalaxyModel:
         for start in range(0, len(x), SAMPLER_BATCH_ROWS):
             part = slice(start, start + SAMPLER_BATCH_ROWS)
             dist, cols = self._distribution(x[part])
+            cut = self._lower_cut()
             if mode.name == "sample":
-                draws = sampling.sample_mixture(*dist, ids[part], int(mode.seed))  # type: ignore[index]
+                draws = sampling.sample_mixture(*dist, ids[part], int(mode.seed), lower=cut)  # type: ignore[index]
                 for t, c in zip(self.targets, cols):
                     out[t][part] = draws[:, c]
             else:
-                q = sampling.mixture_quantiles(*dist, np.asarray(mode.levels) / 100.0)
+                q = sampling.mixture_quantiles(*dist, np.asarray(mode.levels) / 100.0, lower=cut)
                 for t, c in zip(self.targets, cols):
                     for j, lv in enumerate(mode.levels):
                         out[quantile_column(t, lv)][part] = q[:, c, j]
@@ -308,8 +313,12 @@ class GalaxyModel:
         ids = self._ids(ids, len(x))
         out = np.empty((len(modes), len(ids), len(cols)))
         for s, mode in enumerate(modes):
-            out[s] = sampling.sample_mixture(*dist, ids, int(mode.seed))[:, cols]
+            out[s] = sampling.sample_mixture(*dist, ids, int(mode.seed), lower=self._lower_cut())[:, cols]
         return out
+
+    def _lower_cut(self) -> float | None:
+        """The sampler's selection cut: draws and quantiles are conditioned on its first target above it."""
+        return next(iter(self.models.values())).lower_cut
 
     def _distribution(self, x: np.ndarray):
         """The sampler's mixture for ``x`` and the column of each of ``self.targets`` in it."""

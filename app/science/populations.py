@@ -367,7 +367,7 @@ INTERVAL_LEVELS = (0.025, 0.16, 0.84, 0.975)
 
 def evaluate_sampler(weights, means, chol, y_true, m_h, ids, seed: int, baseline_prediction,
                      baseline_scatter, edges: Mapping[str, Sequence[float]] = PAPER_BIN_EDGES,
-                     pit_bins: int = 10) -> dict:
+                     pit_bins: int = 10, lower: float | None = None) -> dict:
     """Every single-catalog statistic of a joint sampler on haloes with known galaxies, JSON-ready.
 
     ``weights``/``means``/``chol``: each halo's mixture over the 4 properties (``app.core.sampling``;
@@ -376,21 +376,28 @@ def evaluate_sampler(weights, means, chol, y_true, m_h, ids, seed: int, baseline
     baseline (the stacks' predictions and their validation residual scatter).  Returns the test NLL
     (nats per galaxy), K-S D per property, correlation differences per M_h quartile, 68/95 % interval
     coverage (overall and per quartile, with binomial standard errors), the PIT histogram, CRPS against
-    the baseline, and galaxy counts per property bin (sampled / true).
+    the baseline, and galaxy counts per property bin (sampled / true).  ``lower``: the sampler's selection
+    cut on the first property: its draws, density, and that property's quantiles, CDF and CRPS are the
+    law conditioned on it; the other properties' quantiles, CDF and CRPS use the truncated component
+    weights (``app.core.sampling.truncated_weights``).
     """
     from app.core import sampling
 
     y = _targets(y_true, "y_true")
     w, mu, L = (np.asarray(a, dtype=np.float64) for a in (weights, means, chol))
-    draws = sampling.sample_mixture(w, mu, L, ids, seed)
-    nll = float(-np.mean(sampling.mixture_logpdf(w, mu, L, y)))
-    q = sampling.mixture_quantiles(w, mu, L, INTERVAL_LEVELS)  # [N, 4, 4]
+    draws = sampling.sample_mixture(w, mu, L, ids, seed, lower=lower)
+    nll = float(-np.mean(sampling.mixture_logpdf(w, mu, L, y, lower)))
+    q = sampling.mixture_quantiles(w, mu, L, INTERVAL_LEVELS, lower=lower)  # [N, 4, 4]
     cov = interval_coverage(q[:, :, [0, 1]], q[:, :, [3, 2]], y, m_h)  # 95 %, 68 %
     sds = sampling.marginal_sds(L)
-    cdf = np.column_stack([sampling.mixture_cdf(w, mu[:, :, d], sds[:, :, d], y[:, d]) for d in range(y.shape[1])])
+    wt = sampling.truncated_weights(w, mu, L, lower)
+    cdf = np.column_stack([sampling.mixture_cdf(w, mu[:, :, 0], sds[:, :, 0], y[:, 0], lower)]
+                          + [sampling.mixture_cdf(wt, mu[:, :, d], sds[:, :, d], y[:, d]) for d in range(1, y.shape[1])])
     pit = pit_values(np.clip(cdf, 0.0, 1.0), pit_bins)
-    crps_model = np.column_stack([sampling.crps_mixture(w, mu[:, :, d], sds[:, :, d], y[:, d])
-                                  for d in range(y.shape[1])])
+    crps_model = np.column_stack(
+        [sampling.crps_mixture(w, mu[:, :, 0], sds[:, :, 0], y[:, 0]) if lower is None else
+         sampling.crps_truncated_mixture(w, mu[:, :, 0], sds[:, :, 0], y[:, 0], lower)]
+        + [sampling.crps_mixture(wt, mu[:, :, d], sds[:, :, d], y[:, d]) for d in range(1, y.shape[1])])
     crps = crps_summary(crps_model, homoscedastic_crps(baseline_prediction, baseline_scatter, y))
     corr = correlation_difference(draws, y, m_h)
     counts_s, counts_t = bin_counts(draws, edges), bin_counts(y, edges)
