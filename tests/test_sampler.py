@@ -259,6 +259,59 @@ def test_truncated_draws_follow_the_mixture_above_the_cut():
     assert np.exp(sampling.log_prob_above(w[:1], mu[:1], L[:1], cut))[0] == pytest.approx(p_above, abs=0.003)
 
 
+def test_truncated_law_where_the_mixture_lies_mostly_below_the_cut():
+    """Haloes whose mixture sits sd's below the cut (a low-mass halo of a selected catalog): quantiles keep
+    their precision, draws stay strictly above the cut, empty input works, the CDF is 0 below the cut."""
+    levels = np.array([0.025, 0.16, 0.5, 0.84, 0.975])
+    for a in (0.0, 5.0, 7.0, 9.0, 20.0, 35.0):
+        mu, s0 = 8.0, 0.1
+        lower = mu + a * s0
+        w, m, L = np.ones((1, 1)), np.full((1, 1, 2), mu), np.zeros((1, 1, 2, 2))
+        L[0, 0] = [[s0, 0.0], [0.05, 0.2]]
+        q = sampling.mixture_quantiles(w, m, L, levels, lower=lower)[0, 0]
+        exact = mu + s0 * -special.ndtri((1.0 - levels) * special.ndtr(-a))
+        np.testing.assert_allclose(q, exact, rtol=0, atol=1e-9 * max(1.0, a))
+        assert np.all(np.diff(q) > 0), a
+    # draws: strictly above the cut, with a finite density, even 40-1000 sd into a component's tail
+    rng = np.random.default_rng(2)
+    n = 20_000
+    w, mu, L = np.ones((n, 1)), rng.uniform(3.0, 8.0, (n, 1, 2)), np.zeros((n, 1, 2, 2))
+    L[:, 0, 0, 0], L[:, 0, 1, 1] = rng.uniform(0.005, 0.1, n), 0.2
+    x = sampling.sample_mixture(w, mu, L, np.arange(n), 1, lower=8.75)
+    assert np.all(x[:, 0] > 8.75) and np.all(np.isfinite(sampling.mixture_logpdf(w, mu, L, x, lower=8.75)))
+    # the CDF is 0 at and below the cut, also where the mass above it underflows
+    sd = sampling.marginal_sds(L[:3])
+    assert np.all(sampling.mixture_cdf(w[:3], mu[:3, :, 0], sd[:, :, 0], np.array([3.0, 8.75, 8.0]), lower=8.75) == 0)
+    # no halo: empty answers
+    assert sampling.mixture_quantiles(w[:0], mu[:0], L[:0], levels, lower=8.75).shape == (0, 2, 5)
+    assert sampling.sample_mixture(w[:0], mu[:0], L[:0], np.arange(0), 1, lower=8.75).shape == (0, 2)
+
+
+def test_truncated_marginals_have_the_conditioned_moments():
+    """The other properties under the cut: per component, mean and variance of y_d given y_0 > cut are
+    mu_d + L_d0 lambda and s_d^2 + L_d0^2 (a lambda - lambda^2); checked against draws."""
+    n = 400_000
+    w = np.ones((n, 1))
+    mu = np.repeat(np.array([[[0.0, 1.0, -1.0]]]), n, 0)
+    cov = np.array([[1.0, 0.6, -0.3], [0.6, 1.0, 0.2], [-0.3, 0.2, 0.5]])
+    L = np.repeat(np.linalg.cholesky(cov)[None, None], n, 0)
+    cut = 0.8
+    x = sampling.sample_mixture(w, mu, L, np.arange(n), 9, lower=cut)
+    wt, m, sd = sampling.truncated_marginals(w[:1], mu[:1], L[:1], cut)
+    for d in (1, 2):
+        assert m[0, 0, d] == pytest.approx(x[:, d].mean(), abs=4 * x[:, d].std() / np.sqrt(n))
+        assert sd[0, 0, d] == pytest.approx(x[:, d].std(), rel=0.01)
+    # property 0 is returned untruncated (its functions apply the cut exactly); no cut: the plain marginals
+    assert m[0, 0, 0] == 0.0 and sd[0, 0, 0] == pytest.approx(1.0)
+    _, m0, sd0 = sampling.truncated_marginals(w[:1], mu[:1], L[:1], None)
+    np.testing.assert_array_equal(m0, mu[:1])
+    np.testing.assert_allclose(sd0, sampling.marginal_sds(L[:1]))
+    # and the quantiles of property 1 from them sit where the truncated draws put them (to the stand-in's
+    # accuracy: a Gaussian for a skewed marginal)
+    q = sampling.mixture_quantiles(w[:1], mu[:1], L[:1], [0.16, 0.5, 0.84], lower=cut)[0, 1]
+    assert np.all(np.abs(np.mean(x[:, 1][:, None] <= q[None, :], axis=0) - [0.16, 0.5, 0.84]) < 0.02)
+
+
 def test_crps_closed_forms():
     assert sampling.crps_gaussian(0.0, 1.0, 0.0) == pytest.approx(2 / np.sqrt(2 * np.pi) - 1 / np.sqrt(np.pi),
                                                                   rel=1e-12)

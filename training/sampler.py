@@ -25,8 +25,9 @@ the shape of a population's tail, which is what a painted catalog is for).
 
 Output.  ``distribution(X)`` returns, in the targets' schema units (log10 Msun/h, log10 h/yr,
 log10 kpc/h, mag): ``weights`` [N, K] (summing to 1), ``means`` [N, K, D] and ``chol`` [N, K, D, D]
-(lower-triangular factors of the component covariances).  It is computed in float64 numpy from the
-Keras weights rather than with Keras' float32 ``predict``, so that the ONNX graph
+(lower-triangular factors of the component covariances); with ``lower_cut`` the model is that mixture
+conditioned on the first target above the cut (``app.core.sampling``'s ``lower``).  It is computed in
+float64 numpy from the Keras weights rather than with Keras' float32 ``predict``, so that the ONNX graph
 (``sampler_graph``: ``halo_features`` double [N, 5] in raw units -> ``weights``, ``means``, ``chol``,
 all double) reproduces it to ~2e-15 (``check_sampler_fidelity``).  Draws, quantiles, CRPS and
 log-densities are computed from those three arrays by ``app.core.sampling`` (numpy only, reproducible per
@@ -345,7 +346,8 @@ def _log_sf(a):
 
     near = ops.minimum(a, 8.0)
     far = ops.maximum(a, 8.0)
-    tail = -0.5 * far * far - ops.log(far) - 0.5 * float(np.log(2.0 * np.pi)) + ops.log(1.0 - 1.0 / (far * far))
+    inv2 = 1.0 / (far * far)
+    tail = -0.5 * far * far - ops.log(far) - 0.5 * float(np.log(2.0 * np.pi)) + ops.log(1.0 - inv2 + 3.0 * inv2 * inv2)
     return ops.where(a < 8.0, ops.log(0.5 * ops.erfc(near / float(np.sqrt(2.0)))), tail)
 
 
@@ -481,7 +483,8 @@ def sampler_graph(model: MixtureDensityNetwork, feature_mean=None, feature_scale
             "target_order": json.dumps(targets),
             "target_units": json.dumps([COLUMNS[t].unit if t in COLUMNS else "" for t in targets]),
             "outputs": "weights [N,K]; means [N,K,D]; chol [N,K,D,D] lower-triangular Cholesky factors of "
-                       "the component covariances; target units",
+                       "the component covariances; target units; when lower_cut is not null the model is this "
+                       "mixture conditioned on target 0 > lower_cut (draw and score it so)",
             **{key: (v if isinstance(v, str) else json.dumps(v)) for key, v in (metadata or {}).items()}}
     graph = helper.make_graph(
         nodes, "galaxy-sampler-mdn",

@@ -3,7 +3,7 @@
 After the stacks, a run with all four targets on the raw path fits the mixture density network
 (``training.sampler``) on the same training rows, chosen and early-stopped on the same validation
 rows, standardized with the raw path's feature scaler, as the law above the catalog's stellar-mass
-selection when every training galaxy passes it (``selection_cut``); writes its ONNX graph and checks it against
+selection when every galaxy of the catalog passes it (``selection_cut``); writes its ONNX graph and checks it against
 the native distribution on the whole test split (|ONNX - native| <= 1e-4 on weights, means and
 Cholesky factors, else nothing is registered); and judges it on the test split
 (``app.science.populations.evaluate_sampler``) against the homoscedastic baseline made of the raw
@@ -79,7 +79,7 @@ def stack_predictions(result, x: np.ndarray) -> np.ndarray:
 
 
 def selection_cut(smass: np.ndarray) -> float | None:
-    """The stellar-mass selection the training galaxies were drawn with: the schema's cut (the paper's
+    """The stellar-mass selection the catalog's galaxies were drawn with: the schema's cut (the paper's
     sample, ``ingest-tng`` and the built-in catalog apply it) when every galaxy lies above it, else None
     (a catalog selected otherwise, or not at all, gets no truncation)."""
     return float(CUTS["smass"]) if len(smass) and float(np.min(smass)) > CUTS["smass"] else None
@@ -95,7 +95,7 @@ def train_sampler(df: pd.DataFrame, split: dict[str, np.ndarray], raw_results: d
     y = df[list(TARGET_NAMES)].to_numpy(dtype=np.float64)
     tr, va, te = split["train"], split["val"], split["test"]
     scaler = raw_results[TARGET_NAMES[0]].scaler
-    cut = selection_cut(y[np.concatenate([tr, va]), 0])
+    cut = selection_cut(y[:, 0])  # the catalog's selection: every row, test included
     progress(f"[sampler] fitting the joint mixture density network ({search} search) on {len(tr):,} halos"
              + (f", as the law above the catalog's selection smass > {cut}" if cut is not None else
                 f" (some galaxies have smass <= {CUTS['smass']}: no selection cut assumed)"))

@@ -241,6 +241,31 @@ def truncated_weights(weights: np.ndarray, means: np.ndarray, chol: np.ndarray, 
     return e / np.sum(e, axis=1, keepdims=True)
 
 
+def truncated_marginals(weights: np.ndarray, means: np.ndarray, chol: np.ndarray,
+                        lower: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-property 1-D mixtures of the law conditioned on property 0 > ``lower``: (weights [N, K],
+    means [N, K, D], sds [N, K, D]).  Weights: ``truncated_weights``.  Property 0's components are
+    returned untruncated (its quantiles, CDF and CRPS apply the cut exactly).  Property d > 0 of component
+    k is mu_d + L_d0 z_0 + (the rest, N(0, s_d^2 - L_d0^2)) with z_0 a standard normal truncated at
+    a = (lower - mu_0) / L_00: matched here in mean and variance, mu_d + L_d0 lambda and
+    s_d^2 + L_d0^2 (a lambda - lambda^2), lambda = phi(a) / Phi(-a) (the truncated normal's moments;
+    exact where L_d0 = 0 or the cut is far below, a Gaussian stand-in for the skewed exact marginal
+    where a component straddles the cut).  ``lower`` None: the untruncated marginals."""
+    w, mu, L = _check_mixture(weights, means, chol)
+    sd = marginal_sds(L)
+    if lower is None:
+        return w, mu, sd
+    a = _standardized_cut(mu, L, lower)
+    with np.errstate(over="ignore"):
+        lam = np.exp(-0.5 * a * a - 0.5 * _LOG_2PI - special.log_ndtr(-a))  # inverse Mills ratio
+    var_factor = np.maximum(a * lam - lam * lam, -1.0)  # Var(z0 | z0 > a) - 1, in [-1, 0]
+    l0 = L[:, :, :, 0]  # [N, K, D]: each property's loading on z_0
+    m = mu + l0 * lam[:, :, None]
+    v = np.maximum(sd * sd + l0 * l0 * var_factor[:, :, None], (sd * 1e-6) ** 2)
+    m[:, :, 0], v[:, :, 0] = mu[:, :, 0], sd[:, :, 0] ** 2
+    return truncated_weights(w, mu, L, lower), m, np.sqrt(v)
+
+
 def log_prob_above(weights: np.ndarray, means: np.ndarray, chol: np.ndarray, lower: float) -> np.ndarray:
     """log P(y_0 > ``lower``) [N] under each halo's mixture (the normalization of the truncated law)."""
     w, mu, L = _check_mixture(weights, means, chol)
@@ -257,8 +282,10 @@ def _truncated_normal(u: np.ndarray, a: np.ndarray) -> np.ndarray:
         below = special.ndtri(lo + u * (1.0 - lo))
         above = -special.ndtri((1.0 - u) * special.ndtr(-a))
     z = np.where(a < 0, below, above)
-    # a cut ~38 sd above a component (its tail underflows): the draw sits at the cut
-    return np.where(np.isfinite(z), np.maximum(z, a), a)
+    # a cut ~38 sd above a component (Phi(-a) underflows): the tail's exponential limit, z - a ~ Exp(a)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        far = a - np.log1p(-u) / np.maximum(a, 1.0)
+    return np.where(np.isfinite(z), np.maximum(z, a), far)
 
 
 def sample_mixture(weights: np.ndarray, means: np.ndarray, chol: np.ndarray, ids: np.ndarray,
@@ -303,6 +330,8 @@ def sample_mixture(weights: np.ndarray, means: np.ndarray, chol: np.ndarray, ids
         for j in range(1, i + 1):
             acc = acc + lk[:, i, j] * z[:, j]
         out[:, i] = acc
+    if lower is not None:  # rounding of mu + L z at a cut far in a component's tail: keep it strictly above
+        out[:, 0] = np.maximum(out[:, 0], np.nextafter(float(lower), np.inf))
     return out
 
 
@@ -347,7 +376,8 @@ def mixture_cdf(weights: np.ndarray, means_d: np.ndarray, sds_d: np.ndarray, x: 
     s_cut = np.sum(w * special.ndtr((m - lower) / s), axis=-1)
     s_x = np.sum(w * special.ndtr((m - np.maximum(xs, lower)) / s), axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.clip(np.where(s_cut > 0, (s_cut - s_x) / s_cut, 1.0), 0.0, 1.0)
+        f = np.clip(np.where(s_cut > 0, (s_cut - s_x) / s_cut, 1.0), 0.0, 1.0)
+    return np.where(x > lower, f, 0.0)
 
 
 def marginal_quantiles(weights: np.ndarray, means_d: np.ndarray, sds_d: np.ndarray, levels,
@@ -403,6 +433,8 @@ def marginal_quantiles(weights: np.ndarray, means_d: np.ndarray, sds_d: np.ndarr
     if todo.size:
         raise RuntimeError(f"quantiles did not converge for {todo.size} (halo, level) pairs")
     q = x.reshape(n, L)
+    if n == 0:
+        return np.zeros((0, L))
     order = np.argsort(p if p.ndim == 1 else p[0], kind="stable")  # per-row levels share one order
     q[:, order] = np.maximum.accumulate(q[:, order], axis=1)
     return q
@@ -413,24 +445,23 @@ def mixture_quantiles(weights: np.ndarray, means: np.ndarray, chol: np.ndarray, 
     """Quantiles [N, D, len(levels)] of each property's marginal distribution (units of ``means``).
 
     The marginal of property d is the 1-D mixture (weights, means[:, :, d], sqrt((L L^T)[d, d])).
-    ``lower`` (the mixture conditioned on property 0 > lower): property 0's quantiles are exact, those
-    of the untruncated marginal at levels F(lower) + p (1 - F(lower)); the others use the truncated
-    component weights (``truncated_weights``) with each component's own marginal, which neglects how
-    the cut skews a component that straddles it (a few per cent of the low-mass haloes' mass).
+    ``lower`` (the mixture conditioned on property 0 > lower): property 0's quantiles are exact — the
+    untruncated marginal's at upper-tail probability (1 - p) S(lower), solved on the reflected mixture
+    so that a halo whose mixture lies mostly below the cut keeps its precision; the other properties'
+    come from ``truncated_marginals`` (a moment-matched stand-in where a component straddles the cut).
     """
     w, mu, L = _check_mixture(weights, means, chol)
-    sd = marginal_sds(L)
     levels = np.asarray(levels, dtype=np.float64).reshape(-1)
     out = np.empty((mu.shape[0], mu.shape[2], len(levels)))
-    wt = truncated_weights(w, mu, L, lower)
+    wt, md, sd = truncated_marginals(w, mu, L, lower)
     for d in range(mu.shape[2]):
         if d == 0 and lower is not None:
-            f_cut = 1.0 - np.sum(w * special.ndtr((mu[:, :, 0] - lower) / sd[:, :, 0]), axis=1) / np.sum(w, axis=1)
-            p = f_cut[:, None] + levels[None, :] * (1.0 - f_cut[:, None])
-            p = np.clip(p, np.nextafter(0.0, 1.0), np.nextafter(1.0, 0.0))
-            out[:, 0, :] = np.maximum(marginal_quantiles(w, mu[:, :, 0], sd[:, :, 0], p), lower)
+            s_cut = np.sum(w * special.ndtr((mu[:, :, 0] - lower) / sd[:, :, 0]), axis=1) / np.sum(w, axis=1)
+            t = np.clip((1.0 - levels[None, :]) * s_cut[:, None], np.nextafter(0.0, 1.0), np.nextafter(1.0, 0.0))
+            q = -marginal_quantiles(w, -mu[:, :, 0], sd[:, :, 0], t)
+            out[:, 0, :] = np.maximum(q, np.nextafter(float(lower), np.inf))
         else:
-            out[:, d, :] = marginal_quantiles(wt, mu[:, :, d], sd[:, :, d], levels)
+            out[:, d, :] = marginal_quantiles(wt, md[:, :, d], sd[:, :, d], levels)
     return out
 
 
@@ -474,8 +505,10 @@ def crps_truncated_mixture(weights: np.ndarray, means_d: np.ndarray, sds_d: np.n
     """CRPS [N] of 1-D Gaussian mixtures (weights, means, sds [N, K]) conditioned on exceeding ``lower``,
     for outcomes ``y`` [N] above it: int (F(x) - 1[x >= y])^2 dx with F the truncated CDF (``mixture_cdf``),
     split at y into int_lower^y F^2 and int_y^top (1 - F)^2 (top: 12 sd beyond the highest component
-    mean), each by ``nodes``-point Gauss-Legendre (smooth integrands: exact to ~1e-9 of the score).  Rows
-    whose mixture has (numerically) nothing below the cut take the closed form (``crps_mixture``)."""
+    mean), each by ``nodes``-point Gauss-Legendre.  Rows
+    whose mixture has (numerically) nothing below the cut take the closed form (``crps_mixture``).  The
+    quadrature resolves components down to ~1/20 of the integration range; narrower ones (near the
+    Cholesky floor) are scored to ~1 %."""
     w, m, s = (np.asarray(a, dtype=np.float64) for a in (weights, means_d, sds_d))
     y = np.asarray(y, dtype=np.float64)
     out = crps_mixture(w, m, s, y)

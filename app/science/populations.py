@@ -378,8 +378,8 @@ def evaluate_sampler(weights, means, chol, y_true, m_h, ids, seed: int, baseline
     coverage (overall and per quartile, with binomial standard errors), the PIT histogram, CRPS against
     the baseline, and galaxy counts per property bin (sampled / true).  ``lower``: the sampler's selection
     cut on the first property: its draws, density, and that property's quantiles, CDF and CRPS are the
-    law conditioned on it; the other properties' quantiles, CDF and CRPS use the truncated component
-    weights (``app.core.sampling.truncated_weights``).
+    law conditioned on it; the other properties' quantiles, CDF and CRPS use the conditioned marginals
+    of ``app.core.sampling.truncated_marginals``.
     """
     from app.core import sampling
 
@@ -390,14 +390,15 @@ def evaluate_sampler(weights, means, chol, y_true, m_h, ids, seed: int, baseline
     q = sampling.mixture_quantiles(w, mu, L, INTERVAL_LEVELS, lower=lower)  # [N, 4, 4]
     cov = interval_coverage(q[:, :, [0, 1]], q[:, :, [3, 2]], y, m_h)  # 95 %, 68 %
     sds = sampling.marginal_sds(L)
-    wt = sampling.truncated_weights(w, mu, L, lower)
+    wt, md, sdt = sampling.truncated_marginals(w, mu, L, lower)
     cdf = np.column_stack([sampling.mixture_cdf(w, mu[:, :, 0], sds[:, :, 0], y[:, 0], lower)]
-                          + [sampling.mixture_cdf(wt, mu[:, :, d], sds[:, :, d], y[:, d]) for d in range(1, y.shape[1])])
+                          + [sampling.mixture_cdf(wt, md[:, :, d], sdt[:, :, d], y[:, d])
+                             for d in range(1, y.shape[1])])
     pit = pit_values(np.clip(cdf, 0.0, 1.0), pit_bins)
     crps_model = np.column_stack(
         [sampling.crps_mixture(w, mu[:, :, 0], sds[:, :, 0], y[:, 0]) if lower is None else
          sampling.crps_truncated_mixture(w, mu[:, :, 0], sds[:, :, 0], y[:, 0], lower)]
-        + [sampling.crps_mixture(wt, mu[:, :, d], sds[:, :, d], y[:, d]) for d in range(1, y.shape[1])])
+        + [sampling.crps_mixture(wt, md[:, :, d], sdt[:, :, d], y[:, d]) for d in range(1, y.shape[1])])
     crps = crps_summary(crps_model, homoscedastic_crps(baseline_prediction, baseline_scatter, y))
     corr = correlation_difference(draws, y, m_h)
     counts_s, counts_t = bin_counts(draws, edges), bin_counts(y, edges)
