@@ -347,7 +347,8 @@ def _log_sf(a):
     near = ops.minimum(a, 8.0)
     far = ops.maximum(a, 8.0)
     inv2 = 1.0 / (far * far)
-    tail = -0.5 * far * far - ops.log(far) - 0.5 * float(np.log(2.0 * np.pi)) + ops.log(1.0 - inv2 + 3.0 * inv2 * inv2)
+    tail = (-0.5 * far * far - ops.log(far) - 0.5 * float(np.log(2.0 * np.pi))
+            + ops.log(1.0 - inv2 + 3.0 * inv2 * inv2))
     return ops.where(a < 8.0, ops.log(0.5 * ops.erfc(near / float(np.sqrt(2.0)))), tail)
 
 

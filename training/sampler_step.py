@@ -3,9 +3,9 @@
 After the stacks, a run with all four targets on the raw path fits the mixture density network
 (``training.sampler``) on the same training rows, chosen and early-stopped on the same validation
 rows, standardized with the raw path's feature scaler, as the law above the catalog's stellar-mass
-selection when every galaxy of the catalog passes it (``selection_cut``); writes its ONNX graph and checks it against
-the native distribution on the whole test split (|ONNX - native| <= 1e-4 on weights, means and
-Cholesky factors, else nothing is registered); and judges it on the test split
+selection when every galaxy of the catalog passes it (``selection_cut``); writes its ONNX graph and
+checks it against the native distribution on the whole test split (|ONNX - native| <= 1e-4 on
+weights, means and Cholesky factors, else nothing is registered); and judges it on the test split
 (``app.science.populations.evaluate_sampler``) against the homoscedastic baseline made of the raw
 stacks' test predictions and their validation residual scatter.  The sampler is drawn with the run's
 seed, keyed by each test halo's row number in the training table (what ``galaxypaint paint`` uses for

@@ -505,10 +505,9 @@ def crps_truncated_mixture(weights: np.ndarray, means_d: np.ndarray, sds_d: np.n
     """CRPS [N] of 1-D Gaussian mixtures (weights, means, sds [N, K]) conditioned on exceeding ``lower``,
     for outcomes ``y`` [N] above it: int (F(x) - 1[x >= y])^2 dx with F the truncated CDF (``mixture_cdf``),
     split at y into int_lower^y F^2 and int_y^top (1 - F)^2 (top: 12 sd beyond the highest component
-    mean), each by ``nodes``-point Gauss-Legendre.  Rows
-    whose mixture has (numerically) nothing below the cut take the closed form (``crps_mixture``).  The
-    quadrature resolves components down to ~1/20 of the integration range; narrower ones (near the
-    Cholesky floor) are scored to ~1 %."""
+    mean), each by ``nodes``-point Gauss-Legendre.  Rows whose mixture has (numerically) nothing below
+    the cut take the closed form (``crps_mixture``).  The quadrature resolves components down to ~1/20
+    of the integration range; narrower ones (near the Cholesky floor) are scored to ~1 %."""
     w, m, s = (np.asarray(a, dtype=np.float64) for a in (weights, means_d, sds_d))
     y = np.asarray(y, dtype=np.float64)
     out = crps_mixture(w, m, s, y)
