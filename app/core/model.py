@@ -288,10 +288,10 @@ class GalaxyModel:
         out = {name: np.empty(len(x)) for name in mode.outputs(self.targets)}
         # batch by batch, so that the mixture parameters (~1 kB per halo) are never held for a whole chunk;
         # every step is per halo, so the batching changes no value
+        cut = self._lower_cut()
         for start in range(0, len(x), SAMPLER_BATCH_ROWS):
             part = slice(start, start + SAMPLER_BATCH_ROWS)
             dist, cols = self._distribution(x[part])
-            cut = self._lower_cut()
             if mode.name == "sample":
                 draws = sampling.sample_mixture(*dist, ids[part], int(mode.seed), lower=cut)  # type: ignore[index]
                 for t, c in zip(self.targets, cols):

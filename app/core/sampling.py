@@ -234,8 +234,13 @@ def truncated_weights(weights: np.ndarray, means: np.ndarray, chol: np.ndarray, 
     w, mu, L = _check_mixture(weights, means, chol)
     if lower is None:
         return w
+    return _reweighted(w, special.log_ndtr(-_standardized_cut(mu, L, lower)))
+
+
+def _reweighted(w: np.ndarray, log_p: np.ndarray) -> np.ndarray:
+    """w_k P_k / sum_l w_l P_l from log P_k [N, K], in log space."""
     with np.errstate(divide="ignore"):  # a zero weight is a -inf term
-        logw = np.log(w) + special.log_ndtr(-_standardized_cut(mu, L, lower))
+        logw = np.log(w) + log_p
     logw -= np.max(logw, axis=1, keepdims=True)
     e = np.exp(logw)
     return e / np.sum(e, axis=1, keepdims=True)
@@ -256,14 +261,15 @@ def truncated_marginals(weights: np.ndarray, means: np.ndarray, chol: np.ndarray
     if lower is None:
         return w, mu, sd
     a = _standardized_cut(mu, L, lower)
+    log_p = special.log_ndtr(-a)  # log P(above | component)
     with np.errstate(over="ignore"):
-        lam = np.exp(-0.5 * a * a - 0.5 * _LOG_2PI - special.log_ndtr(-a))  # inverse Mills ratio
+        lam = np.exp(-0.5 * a * a - 0.5 * _LOG_2PI - log_p)  # inverse Mills ratio
     var_factor = np.maximum(a * lam - lam * lam, -1.0)  # Var(z0 | z0 > a) - 1, in [-1, 0]
     l0 = L[:, :, :, 0]  # [N, K, D]: each property's loading on z_0
     m = mu + l0 * lam[:, :, None]
     v = np.maximum(sd * sd + l0 * l0 * var_factor[:, :, None], (sd * 1e-6) ** 2)
     m[:, :, 0], v[:, :, 0] = mu[:, :, 0], sd[:, :, 0] ** 2
-    return truncated_weights(w, mu, L, lower), m, np.sqrt(v)
+    return _reweighted(w, log_p), m, np.sqrt(v)
 
 
 def log_prob_above(weights: np.ndarray, means: np.ndarray, chol: np.ndarray, lower: float) -> np.ndarray:

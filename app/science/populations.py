@@ -389,16 +389,16 @@ def evaluate_sampler(weights, means, chol, y_true, m_h, ids, seed: int, baseline
     nll = float(-np.mean(sampling.mixture_logpdf(w, mu, L, y, lower)))
     q = sampling.mixture_quantiles(w, mu, L, INTERVAL_LEVELS, lower=lower)  # [N, 4, 4]
     cov = interval_coverage(q[:, :, [0, 1]], q[:, :, [3, 2]], y, m_h)  # 95 %, 68 %
-    sds = sampling.marginal_sds(L)
-    wt, md, sdt = sampling.truncated_marginals(w, mu, L, lower)
-    cdf = np.column_stack([sampling.mixture_cdf(w, mu[:, :, 0], sds[:, :, 0], y[:, 0], lower)]
-                          + [sampling.mixture_cdf(wt, md[:, :, d], sdt[:, :, d], y[:, d])
+    # property 0 keeps its untruncated components (its functions apply the cut); the others are conditioned
+    wt, md, sd = sampling.truncated_marginals(w, mu, L, lower)
+    cdf = np.column_stack([sampling.mixture_cdf(w, mu[:, :, 0], sd[:, :, 0], y[:, 0], lower)]
+                          + [sampling.mixture_cdf(wt, md[:, :, d], sd[:, :, d], y[:, d])
                              for d in range(1, y.shape[1])])
     pit = pit_values(np.clip(cdf, 0.0, 1.0), pit_bins)
     crps_model = np.column_stack(
-        [sampling.crps_mixture(w, mu[:, :, 0], sds[:, :, 0], y[:, 0]) if lower is None else
-         sampling.crps_truncated_mixture(w, mu[:, :, 0], sds[:, :, 0], y[:, 0], lower)]
-        + [sampling.crps_mixture(wt, md[:, :, d], sdt[:, :, d], y[:, d]) for d in range(1, y.shape[1])])
+        [sampling.crps_mixture(w, mu[:, :, 0], sd[:, :, 0], y[:, 0]) if lower is None else
+         sampling.crps_truncated_mixture(w, mu[:, :, 0], sd[:, :, 0], y[:, 0], lower)]
+        + [sampling.crps_mixture(wt, md[:, :, d], sd[:, :, d], y[:, d]) for d in range(1, y.shape[1])])
     crps = crps_summary(crps_model, homoscedastic_crps(baseline_prediction, baseline_scatter, y))
     corr = correlation_difference(draws, y, m_h)
     counts_s, counts_t = bin_counts(draws, edges), bin_counts(y, edges)
