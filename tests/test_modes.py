@@ -98,13 +98,15 @@ def test_sample_paint_is_identical_across_chunks_engines_and_row_order(reg, halo
     b = _paint(reg, src, tmp_path / "b.parquet", mode=mode, chunk_rows=777)
     assert a.attrs["galaxypaint"]["mode"] == "sample" and a.attrs["galaxypaint"]["seed"] == 7
     assert a.attrs["galaxypaint"]["id_column"] == "ID"
-    np.testing.assert_array_equal(a[PRED].to_numpy(), b[PRED].to_numpy())
+    # to 1e-12, not bit for bit: onnxruntime splits the network's tanh across threads at boundaries that
+    # move with the batch, and its vector and scalar paths differ in the last bit (draws by ~1e-15)
+    np.testing.assert_allclose(a[PRED].to_numpy(), b[PRED].to_numpy(), rtol=0, atol=1e-12)
     # shuffled rows: each halo keeps its galaxy (keyed by ID, not by position)
     shuffled = df.sample(frac=1.0, random_state=1)
     write_table(shuffled, tmp_path / "shuffled.parquet")
     c = _paint(reg, tmp_path / "shuffled.parquet", tmp_path / "c.parquet", mode=mode, chunk_rows=1000)
     merged = a.set_index("ID").loc[c["ID"].to_numpy(), PRED].to_numpy()
-    np.testing.assert_array_equal(c[PRED].to_numpy(), merged)
+    np.testing.assert_allclose(c[PRED].to_numpy(), merged, rtol=0, atol=1e-12)
     # another seed, other galaxies; the same seed, the same whatever else changes
     d = _paint(reg, src, tmp_path / "d.parquet", mode=Mode("sample", seed=8))
     assert np.all(d[PRED].to_numpy() != a[PRED].to_numpy())
