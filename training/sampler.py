@@ -12,8 +12,8 @@ covariances over the standardized targets.  Its hidden units are tanh, not ReLU:
 piecewise linear in the features, and where haloes are few (the high-mass end of a steep mass
 function, where the massive, large and red galaxies live) it has few kinks to follow a curved relation
 with; on the built-in catalog its radius at M_h 12.6-13.1 sat on such a chord, 0.005-0.007 dex above
-the law in every fit, and the large-galaxy count 2.5 % high, where tanh fits a better validation
-NLL and cut that excess by two thirds (figures in ``bench/README.md``).
+the law in every fit, and the expected large-galaxy count 1-2.5 % above the law's, where tanh fits a
+better validation NLL and halves that excess (figures in ``bench/README.md``).
 
 Model.  Features (schema units, ``app.core.schema.FEATURE_NAMES`` order) are standardized with a given
 mean/scale (e.g. the pipeline's training-split ``Scaler``) or with those of the training rows;
