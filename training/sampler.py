@@ -11,7 +11,7 @@ are bimodal (star-forming / quenched) and SFR = 0 galaxies sit in a spike drawn 
 covariances over the standardized targets.  Its hidden units are tanh, not ReLU: a ReLU network is
 piecewise linear in the features, and where haloes are few (the high-mass end of a steep mass
 function, where the massive, large and red galaxies live) it has few kinks to follow a curved relation
-with; on the built-in catalog its radius at M_h 12.6-13.1 sat on such a chord, 0.005-0.007 dex above
+with; on the built-in catalog its radius at M_h 12.6-13.1 sat on such a chord, 0.003-0.010 dex above
 the law in every fit, and the expected large-galaxy count 1-2.5 % above the law's, where tanh fits a
 better validation NLL and halves that excess (figures in ``bench/README.md``).
 
