@@ -312,8 +312,9 @@ class GalaxyModel:
         dist, cols = self._distribution(x)
         ids = self._ids(ids, len(x))
         out = np.empty((len(modes), len(ids), len(cols)))
+        cut = self._lower_cut()
         for s, mode in enumerate(modes):
-            out[s] = sampling.sample_mixture(*dist, ids, int(mode.seed), lower=self._lower_cut())[:, cols]
+            out[s] = sampling.sample_mixture(*dist, ids, int(mode.seed), lower=cut)[:, cols]
         return out
 
     def _lower_cut(self) -> float | None:

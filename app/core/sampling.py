@@ -367,6 +367,12 @@ def mixture_logpdf(weights: np.ndarray, means: np.ndarray, chol: np.ndarray, y: 
     return special.logsumexp(comp, axis=1)
 
 
+def _survival_sum(w: np.ndarray, m: np.ndarray, s: np.ndarray, x) -> np.ndarray:
+    """sum_k w_k P(Y_k > x) over the last axis of 1-D Gaussian components (means ``m``, sds ``s``): the
+    mixture's survival function times its total weight (callers divide by that, or by another survival)."""
+    return np.sum(w * special.ndtr((m - x) / s), axis=-1)
+
+
 def mixture_cdf(weights: np.ndarray, means_d: np.ndarray, sds_d: np.ndarray, x: np.ndarray,
                 lower: float | None = None) -> np.ndarray:
     """CDF of 1-D Gaussian mixtures (weights, means, sds [N, K]) at ``x`` [N] or [N, L] -> same shape.
@@ -379,8 +385,8 @@ def mixture_cdf(weights: np.ndarray, means_d: np.ndarray, sds_d: np.ndarray, x: 
         w, m, s = w[:, None, :], m[:, None, :], s[:, None, :]
     if lower is None:
         return np.sum(w * special.ndtr((xs - m) / s), axis=-1) / np.sum(w, axis=-1)
-    s_cut = np.sum(w * special.ndtr((m - lower) / s), axis=-1)
-    s_x = np.sum(w * special.ndtr((m - np.maximum(xs, lower)) / s), axis=-1)
+    s_cut = _survival_sum(w, m, s, lower)
+    s_x = _survival_sum(w, m, s, np.maximum(xs, lower))
     with np.errstate(divide="ignore", invalid="ignore"):
         f = np.clip(np.where(s_cut > 0, (s_cut - s_x) / s_cut, 1.0), 0.0, 1.0)
     return np.where(x > lower, f, 0.0)
@@ -462,7 +468,7 @@ def mixture_quantiles(weights: np.ndarray, means: np.ndarray, chol: np.ndarray, 
     wt, md, sd = truncated_marginals(w, mu, L, lower)
     for d in range(mu.shape[2]):
         if d == 0 and lower is not None:
-            s_cut = np.sum(w * special.ndtr((mu[:, :, 0] - lower) / sd[:, :, 0]), axis=1) / np.sum(w, axis=1)
+            s_cut = _survival_sum(w, mu[:, :, 0], sd[:, :, 0], lower) / np.sum(w, axis=1)
             t = np.clip((1.0 - levels[None, :]) * s_cut[:, None], np.nextafter(0.0, 1.0), np.nextafter(1.0, 0.0))
             q = -marginal_quantiles(w, -mu[:, :, 0], sd[:, :, 0], t)
             out[:, 0, :] = np.maximum(q, np.nextafter(float(lower), np.inf))
