@@ -200,7 +200,8 @@ def refit_distributions(df, split: dict, hyper: dict, n: int, augment: int, seed
                                     activation=hyper.get("activation", "relu"),
                                     learning_rate=hyper.get("learning_rate"), batch_size=hyper.get("batch_size"),
                                     diag_floor=float(hyper.get("diag_floor", 1e-3)),
-                                    lower_cut=hyper.get("lower_cut"), random_state=seed)
+                                    log_floors=hyper.get("log_floors"), lower_cut=hyper.get("lower_cut"),
+                                    random_state=seed)
         mdn.fit(np.tile(x[train], (augment, 1)), y_train, x[val], galaxies(val, base + 500))
         say(f"refit {r}/{n} (redraw seed {base}, {len(y_train):,} training galaxies): {mdn.epochs_} epochs, "
             f"val NLL {mdn.val_nll_:.4f}, {time.perf_counter() - t0:.0f} s")

@@ -7,6 +7,7 @@ fitted (fast search) on a catalog whose conditional law is known in closed form.
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -563,6 +564,42 @@ def test_mdn_is_a_scikit_learn_estimator(known_fit):
     np.testing.assert_array_equal(c2.get_params()["feature_mean"], fm)
     with pytest.raises(RuntimeError, match="not fitted"):
         copy.distribution(np.zeros((1, 5)))
+
+
+def test_mdn_log_floors_take_logs_in_numpy_and_onnx():
+    import onnx
+
+    from app.core.schema import FEATURE_LOG_FLOORS
+    from training.sampler import MixtureDensityNetwork, check_sampler_fidelity, sampler_graph
+
+    x, g = _known_catalog(3000, seed=7)
+    x[:, 2:] = np.exp(0.5 * g[:, 2:]) * OFFSETS[2:]  # spin, formation z, Delta3: positive, log-normal
+    y = _true_draws(g, np.random.default_rng(8))
+    kw = dict(n_components=2, width=16, max_epochs=3, random_state=3, log_floors=FEATURE_LOG_FLOORS)
+    model = MixtureDensityNetwork(**kw).fit(x[:2500], y[:2500], x[2500:], y[2500:])
+    np.testing.assert_array_equal(model.log_columns_, [False, False, True, True, True])
+    np.testing.assert_allclose(model.feature_mean_[2:], np.log(x[:2500, 2:]).mean(axis=0), rtol=1e-12)
+    # the log is taken: a power of a log-scaled feature is the same feature once standardized
+    x2 = x.copy()
+    x2[:, 4] = x[:, 4] ** 3
+    power = MixtureDensityNetwork(**kw).fit(x2[:2500], y[:2500], x2[2500:], y[2500:])
+    for p, q in zip(model.distribution(x[2500:]), power.distribution(x2[2500:])):
+        np.testing.assert_allclose(p, q, rtol=0, atol=1e-5)
+    # zeros (inside the schema's valid ranges) and values under the floor read as the floor, in ONNX too
+    xt = x[2500:].copy()
+    xt[:3, 2:] = 0.0
+    xt[3:6, :2] = xt[:3, :2]
+    xt[3:6, 2:] = np.array(FEATURE_LOG_FLOORS[2:]) / 10
+    graph = sampler_graph(model)
+    assert check_sampler_fidelity(graph, model, xt) < 1e-10
+    w, mu, chol = model.distribution(xt[:6])
+    assert np.all(np.isfinite(mu)) and np.all(np.isfinite(chol))
+    np.testing.assert_array_equal(mu[:3], mu[3:6])
+    meta = {p.key: p.value for p in onnx.load_from_string(graph).metadata_props}
+    assert json.loads(meta["log_features"]) == {"S_h": 1e-4, "z_h": 1e-2, "Delta3_h": 1e-2}
+    for bad in ([None] * 4, [None, None, 0.0, None, None], [None, None, -1.0, 1.0, 1.0]):
+        with pytest.raises(ValueError, match="log_floors"):
+            MixtureDensityNetwork(**{**kw, "log_floors": bad}).fit(x[:2500], y[:2500], x[2500:], y[2500:])
 
 
 def test_mdn_small_fit_is_deterministic_and_validates_inputs():

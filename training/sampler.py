@@ -16,8 +16,12 @@ the law in every fit, and the expected large-galaxy count 1-2.5 % above the law'
 better validation NLL and halves that excess (figures in ``bench/README.md``).
 
 Model.  Features (schema units, ``app.core.schema.FEATURE_NAMES`` order) are standardized with a given
-mean/scale (e.g. the pipeline's training-split ``Scaler``) or with those of the training rows;
-targets with the training rows' mean and standard deviation.  The network outputs, per component,
+mean/scale or with those of the training rows, after the positive, right-skewed ones (``log_floors``;
+the pipeline passes the schema's: spin, formation redshift, Delta3) are taken as logarithms: these
+quantities scatter log-normally, so raw they put most haloes in a narrow range and a long upper tail
+many standard deviations out, and a tanh unit has to spend its curvature on undoing that; on the
+built-in catalog logs fit a better validation NLL in every one of eight fits (figures in
+``bench/README.md``).  Targets are standardized with the training rows' mean and standard deviation.  The network outputs, per component,
 a logit, a mean [D] and a Cholesky factor L [D, D] (lower triangular; diagonal softplus(raw) + floor
 so that covariances stay positive definite and no component can collapse onto a few rows).  It is
 trained on the negative log-likelihood (log-sum-exp over components, triangular solve) with Adam,
@@ -129,8 +133,12 @@ class MixtureDensityNetwork(BaseEstimator):
         narrower than 0.1 % of a property's population scatter).
     clipnorm : float
         Adam's gradient-norm clip: NLL gradients explode when a component narrows onto few rows.
+    log_floors : sequence [n_features] of float or None, or None
+        Per feature: None to use it as it is, or a positive floor to use ln(max(x, floor)) instead
+        (``app.core.schema.FEATURE_LOG_FLOORS``); None -> every feature as it is.
     feature_mean, feature_scale : array [n_features] or None
-        Feature standardization (schema units); None -> the training rows' mean and std.
+        Feature standardization (schema units, or ln units for the ``log_floors`` features); None ->
+        the training rows' mean and std.
     lower_cut : float or None
         The selection on the first target (the stellar mass, in its schema units) the training catalog was
         made with: every training galaxy lies above it.  The model is then fitted as the law conditioned on
@@ -144,8 +152,8 @@ class MixtureDensityNetwork(BaseEstimator):
     def __init__(self, search: str = "fast", n_components: int | None = None, width: int | None = None,
                  depth: int | None = None, activation: str = "tanh", learning_rate: float | None = None,
                  batch_size: int | None = None, max_epochs: int | None = None, patience: int | None = None,
-                 diag_floor: float = 1e-3, clipnorm: float = 1.0, feature_mean=None, feature_scale=None,
-                 lower_cut: float | None = None, random_state: int = 42):
+                 diag_floor: float = 1e-3, clipnorm: float = 1.0, log_floors=None, feature_mean=None,
+                 feature_scale=None, lower_cut: float | None = None, random_state: int = 42):
         self.search = search
         self.n_components = n_components
         self.width = width
@@ -157,6 +165,7 @@ class MixtureDensityNetwork(BaseEstimator):
         self.patience = patience
         self.diag_floor = diag_floor
         self.clipnorm = clipnorm
+        self.log_floors = log_floors
         self.feature_mean = feature_mean
         self.feature_scale = feature_scale
         self.lower_cut = lower_cut
@@ -206,10 +215,17 @@ class MixtureDensityNetwork(BaseEstimator):
             if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):
                 raise ValueError(f"{name} must be a positive integer or None, not {v!r}")
         self.n_features_in_, self.n_targets_ = X.shape[1], Y.shape[1]
+        floors = [None] * X.shape[1] if self.log_floors is None else list(self.log_floors)
+        if len(floors) != X.shape[1] or not all(f is None or (np.isfinite(f) and f > 0) for f in floors):
+            raise ValueError(f"log_floors must give None or a positive floor for each of the {X.shape[1]} "
+                             f"features, not {self.log_floors!r}")
+        self.log_columns_ = np.array([f is not None for f in floors])
+        self.log_floor_ = np.array([1.0 if f is None else float(f) for f in floors])
+        xl = self._log_x(X)
         self.feature_mean_ = (np.asarray(self.feature_mean, np.float64) if self.feature_mean is not None
-                              else X.mean(axis=0))
+                              else xl.mean(axis=0))
         self.feature_scale_ = (np.asarray(self.feature_scale, np.float64) if self.feature_scale is not None
-                               else X.std(axis=0))
+                               else xl.std(axis=0))
         self.feature_scale_ = np.where(self.feature_scale_ > 0, self.feature_scale_, 1.0)
         self.target_mean_ = Y.mean(axis=0)
         sd = Y.std(axis=0)
@@ -287,8 +303,15 @@ class MixtureDensityNetwork(BaseEstimator):
 
     # ------------------------------------------------------------------ the distribution
 
+    def _log_x(self, X) -> np.ndarray:
+        """The features with the ``log_floors`` ones replaced by ln(max(x, floor))."""
+        X = np.array(X, dtype=np.float64)
+        m = self.log_columns_
+        X[:, m] = np.log(np.maximum(X[:, m], self.log_floor_[m]))
+        return X
+
     def _scale_x(self, X) -> np.ndarray:
-        return (np.asarray(X, dtype=np.float64) - self.feature_mean_) / self.feature_scale_
+        return (self._log_x(X) - self.feature_mean_) / self.feature_scale_
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "weights_"):
@@ -408,7 +431,7 @@ def sampler_graph(model: MixtureDensityNetwork, feature_mean=None, feature_scale
     """ONE ONNX graph of the fitted model: ``halo_features`` double [N, F] (schema units) ->
     ``weights`` [N, K], ``means`` [N, K, D], ``chol`` [N, K, D, D], all double, in target units.
 
-    The graph applies the model's own feature standardization.  ``feature_mean``/``feature_scale``
+    The graph applies the model's own feature transform (logs, standardization).  ``feature_mean``/``feature_scale``
     are only for a model fitted on already-standardized features: the graph then applies that
     standardization first (raw -> model input), so its input stays in schema units.
     """
@@ -424,6 +447,12 @@ def sampler_graph(model: MixtureDensityNetwork, feature_mean=None, feature_scale
         nodes += n
         inits += i
         src = "pre_scaled"
+    if model.log_columns_.any():  # ln(max(x, floor)) where the mask says so; Max keeps every Log finite
+        inits += [_c("log_floor", model.log_floor_), _c("log_mask", model.log_columns_)]
+        nodes += [helper.make_node("Max", [src, "log_floor"], ["log_clamped"]),
+                  helper.make_node("Log", ["log_clamped"], ["log_all"]),
+                  helper.make_node("Where", ["log_mask", "log_all", src], ["logged"])]
+        src = "logged"
     n, i = ox.scaler_nodes(model.feature_mean_, model.feature_scale_, src, "scaled", prefix="scaler_")
     nodes += n
     inits += i
@@ -482,11 +511,13 @@ def sampler_graph(model: MixtureDensityNetwork, feature_mean=None, feature_scale
               helper.make_node("Mul", ["chol_std", "y_scale_col"], [OUTPUT_NAMES[2]])]
 
     targets = list(TARGET_NAMES) if d == len(TARGET_NAMES) else [f"y{i}" for i in range(d)]
+    features = list(FEATURE_NAMES) if f == len(FEATURE_NAMES) else [f"x{i}" for i in range(f)]
     meta = {"kind": "mdn", "n_components": str(k), "width": str(model.width_), "depth": str(model.depth_),
             "lower_cut": json.dumps(model.lower_cut_),
             "activation": model.activation, "diag_floor": repr(float(model.diag_floor)),
-            "feature_order": json.dumps(list(FEATURE_NAMES) if f == len(FEATURE_NAMES) else
-                                        [f"x{i}" for i in range(f)]),
+            "feature_order": json.dumps(features),
+            "log_features": json.dumps({name: float(fl) for name, fl, m in
+                                        zip(features, model.log_floor_, model.log_columns_) if m}),
             "target_order": json.dumps(targets),
             "target_units": json.dumps([COLUMNS[t].unit if t in COLUMNS else "" for t in targets]),
             "outputs": "weights [N,K]; means [N,K,D]; chol [N,K,D,D] lower-triangular Cholesky factors of "

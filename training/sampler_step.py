@@ -2,9 +2,9 @@
 
 After the stacks, a run with all four targets on the raw path fits the mixture density network
 (``training.sampler``) on the same training rows, chosen and early-stopped on the same validation
-rows, standardized with the raw path's feature scaler, as the law above the catalog's stellar-mass
-selection when every galaxy of the catalog passes it (``selection_cut``); writes its ONNX graph and
-checks it against the native distribution on the whole test split (|ONNX - native| <= 1e-4 on
+rows, with the schema's log-scaled features (``FEATURE_LOG_FLOORS``), as the law above the catalog's
+stellar-mass selection when every galaxy of the catalog passes it (``selection_cut``); writes its ONNX
+graph and checks it against the native distribution on the whole test split (|ONNX - native| <= 1e-4 on
 weights, means and Cholesky factors, else nothing is registered); and judges it on the test split
 (``app.science.populations.evaluate_sampler``) against the homoscedastic baseline made of the raw
 stacks' test predictions and their validation residual scatter.  The sampler is drawn with the run's
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from app import __version__
-from app.core.schema import CUTS, FEATURE_NAMES, TARGET_NAMES
+from app.core.schema import CUTS, FEATURE_LOG_FLOORS, FEATURE_NAMES, TARGET_NAMES
 from app.science.populations import TAIL_BIN, TAIL_NAME, evaluate_sampler, residual_scatter
 from training import onnx_export as ox
 from training.sampler import MixtureDensityNetwork, check_sampler_fidelity, sampler_graph
@@ -48,7 +48,7 @@ class SamplerResult:
         return {"family": "Gaussian mixture density network (full covariances, Cholesky factors)",
                 "n_components": int(m.n_components_), "width": int(m.width_), "depth": int(m.depth_),
                 "activation": m.activation, "diag_floor": float(m.diag_floor), "search": m.search,
-                "lower_cut": m.lower_cut_,
+                "lower_cut": m.lower_cut_, "log_floors": list(m.log_floors) if m.log_floors is not None else None,
                 "learning_rate": float(m.learning_rate_), "batch_size": int(m.batch_size_),
                 "epochs": int(m.epochs_), "best_epoch": int(m.best_epoch_), "candidates": m.search_}
 
@@ -89,18 +89,16 @@ def train_sampler(df: pd.DataFrame, split: dict[str, np.ndarray], raw_results: d
                   training_domain: dict[str, dict[str, float]], progress: Progress,
                   tol: float = 1e-4) -> SamplerResult:
     """Fit, export, check and evaluate the joint sampler; ``raw_results``: target -> the raw path's
-    ``TargetResult`` (its scaler standardizes the features, its stack is the baseline)."""
+    ``TargetResult`` (its stack is the baseline)."""
     t0 = time.perf_counter()
     x = df[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
     y = df[list(TARGET_NAMES)].to_numpy(dtype=np.float64)
     tr, va, te = split["train"], split["val"], split["test"]
-    scaler = raw_results[TARGET_NAMES[0]].scaler
     cut = selection_cut(y[:, 0])  # the catalog's selection: every row, test included
     progress(f"[sampler] fitting the joint mixture density network ({search} search) on {len(tr):,} halos"
              + (f", as the law above the catalog's selection smass > {cut}" if cut is not None else
                 f" (some galaxies have smass <= {CUTS['smass']}: no selection cut assumed)"))
-    mdn = MixtureDensityNetwork(search=search, feature_mean=scaler.mean, feature_scale=scaler.scale,
-                                lower_cut=cut, random_state=seed)
+    mdn = MixtureDensityNetwork(search=search, log_floors=FEATURE_LOG_FLOORS, lower_cut=cut, random_state=seed)
     mdn.fit(x[tr], y[tr], x[va], y[va], progress=lambda m: progress(f"[sampler] {m}"))
     progress(f"[sampler] exporting to ONNX and checking it on the {len(te):,} test halos")
     graph = sampler_graph(mdn, metadata={"kind": "sampler", "seed": seed, "training_domain": training_domain,

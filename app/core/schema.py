@@ -21,7 +21,10 @@ class Column:
     """One column of the halo/galaxy table.
 
     ``valid`` is the physically meaningful closed interval; values outside it are
-    reported by the validator (as an error or a warning, by option).
+    reported by the validator (as an error or a warning, by option).  ``log_floor`` marks a positive
+    quantity in linear units with a long right tail (spin, formation redshift, overdensity): a learner
+    that needs well-spread inputs (the sampler's network) sees ln(max(x, log_floor)) instead, the floor
+    only keeping a zero finite.
     """
 
     name: str
@@ -30,6 +33,7 @@ class Column:
     description: str
     valid: tuple[float, float]
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    log_floor: float | None = None
 
 
 FEATURES: tuple[Column, ...] = (
@@ -38,12 +42,12 @@ FEATURES: tuple[Column, ...] = (
     Column("C_h", "feature", "log10 (dimensionless)", "halo NFW concentration", (-1.0, 3.0),
            ("log_c", "logc", "concentration_log")),
     Column("S_h", "feature", "dimensionless", "halo Bullock spin parameter", (0.0, 2.0),
-           ("spin", "lambda", "spin_bullock")),
+           ("spin", "lambda", "spin_bullock"), log_floor=1e-4),
     Column("z_h", "feature", "redshift", "halo formation (half-mass) redshift", (0.0, 20.0),
-           ("z_form", "zform", "formation_redshift")),
+           ("z_form", "zform", "formation_redshift"), log_floor=1e-2),
     Column("Delta3_h", "feature", "dimensionless",
            "subhalo number density within 3 Mpc/h divided by the mean number density",
-           (0.0, 1.0e4), ("delta3", "delta_3", "overdensity_3mpc")),
+           (0.0, 1.0e4), ("delta3", "delta_3", "overdensity_3mpc"), log_floor=1e-2),
 )
 
 TARGETS: tuple[Column, ...] = (
@@ -73,6 +77,8 @@ FEATURE_NAMES: tuple[str, ...] = tuple(c.name for c in FEATURES)
 TARGET_NAMES: tuple[str, ...] = tuple(c.name for c in TARGETS)
 POSITION_NAMES: tuple[str, ...] = tuple(c.name for c in POSITIONS)
 COLUMNS: dict[str, Column] = {c.name: c for c in (*FEATURES, *TARGETS, *POSITIONS, *META)}
+#: per feature (``FEATURE_NAMES`` order): the floor of its log input scale, or None for a feature used as is
+FEATURE_LOG_FLOORS: tuple[float | None, ...] = tuple(c.log_floor for c in FEATURES)
 
 SPLIT_COLUMN = "split"
 SPLIT_VALUES: tuple[str, ...] = ("train", "val", "test")
