@@ -114,6 +114,7 @@ def test_the_section_tables_are_the_runs_stored_evaluation(with_sampler):
         assert row["max_abs_dcorr"] == _fmt(e["correlation"]["max_abs_delta_by_quartile"][q])
     assert f"test NLL {e['nll']:.4f} nats/galaxy" in md
     assert "fitted and drawn as the law above the catalog's selection smass > 8.75" in md
+    assert "S_h, z_h, Delta3_h enter as logarithms" in md
     # the summary the CLI prints holds the same rows
     assert summary["sampler"]["evaluation"]["per_property"][0]["ks_d"] == e["ks_d"][TARGET_NAMES[0]]
     # the ensemble's table is the one of pk_sample.json

@@ -547,6 +547,9 @@ def sampler_section(registry: Registry, run: dict, df: pd.DataFrame, test: np.nd
     h = entry.get("hyperparameters") or mv.hyperparameters or {}
     arch = (f"{h['n_components']} Gaussian components, {h['width']}×{h['depth']} network"
             if all(k in h for k in ("n_components", "width", "depth")) else "Gaussian mixture density network")
+    logs = [f for f, floor in zip(FEATURE_NAMES, h.get("log_floors") or ()) if floor is not None]
+    if logs:
+        arch += f"; {', '.join(logs)} enter as logarithms"
     if h.get("lower_cut") is not None:
         arch += f"; fitted and drawn as the law above the catalog's selection smass > {h['lower_cut']}"
     c68, c95 = evaluation["coverage68"], evaluation["coverage95"]
