@@ -596,8 +596,11 @@ def test_mdn_log_floors_take_logs_in_numpy_and_onnx():
     assert np.all(np.isfinite(mu)) and np.all(np.isfinite(chol))
     np.testing.assert_array_equal(mu[:3], mu[3:6])
     meta = {p.key: p.value for p in onnx.load_from_string(graph).metadata_props}
-    assert json.loads(meta["log_features"]) == {"S_h": 1e-4, "z_h": 1e-2, "Delta3_h": 1e-2}
-    for bad in ([None] * 4, [None, None, 0.0, None, None], [None, None, -1.0, 1.0, 1.0]):
+    assert json.loads(meta["log_features"]) == dict(zip(("S_h", "z_h", "Delta3_h"), FEATURE_LOG_FLOORS[2:]))
+    with pytest.raises(ValueError, match="pre-standardized"):
+        sampler_graph(model, feature_mean=np.zeros(5), feature_scale=np.ones(5))
+    for bad in ([None] * 4, [None, None, 0.0, None, None], [None, None, -1.0, 1.0, 1.0],
+                [None, None, "0.1", 1.0, 1.0], [None, None, True, 1.0, 1.0]):
         with pytest.raises(ValueError, match="log_floors"):
             MixtureDensityNetwork(**{**kw, "log_floors": bad}).fit(x[:2500], y[:2500], x[2500:], y[2500:])
 

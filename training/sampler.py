@@ -216,7 +216,9 @@ class MixtureDensityNetwork(BaseEstimator):
                 raise ValueError(f"{name} must be a positive integer or None, not {v!r}")
         self.n_features_in_, self.n_targets_ = X.shape[1], Y.shape[1]
         floors = [None] * X.shape[1] if self.log_floors is None else list(self.log_floors)
-        if len(floors) != X.shape[1] or not all(f is None or (np.isfinite(f) and f > 0) for f in floors):
+        if len(floors) != X.shape[1] or not all(
+                f is None or (isinstance(f, (int, float, np.floating, np.integer)) and not isinstance(f, bool)
+                              and np.isfinite(f) and f > 0) for f in floors):
             raise ValueError(f"log_floors must give None or a positive floor for each of the {X.shape[1]} "
                              f"features, not {self.log_floors!r}")
         self.log_columns_ = np.array([f is not None for f in floors])
@@ -436,6 +438,9 @@ def sampler_graph(model: MixtureDensityNetwork, feature_mean=None, feature_scale
     standardization first (raw -> model input), so its input stays in schema units.
     """
     model._check_fitted()
+    if (feature_mean is not None or feature_scale is not None) and model.log_columns_.any():
+        raise ValueError("a model with log_floors takes the logs of its own (raw, positive) inputs: it cannot be "
+                         "given pre-standardized features")
     k, d, f = model.n_components_, model.n_targets_, model.n_features_in_
     nodes: list = []
     inits: list = []

@@ -23,8 +23,10 @@ class Column:
     ``valid`` is the physically meaningful closed interval; values outside it are
     reported by the validator (as an error or a warning, by option).  ``log_floor`` marks a positive
     quantity in linear units with a long right tail (spin, formation redshift, overdensity): a learner
-    that needs well-spread inputs (the sampler's network) sees ln(max(x, log_floor)) instead, the floor
-    only keeping a zero finite.
+    that needs well-spread inputs (the sampler's network) sees ln(max(x, log_floor)) instead.  The floor
+    lies below any nonzero value a catalog holds (Delta3_h = N / N_mean with N_mean ~ 200 in TNG300 gives
+    0.005 for one neighbour; TNG's last snapshots are at z ~ 0.01); a zero, or a negative kept by
+    ``--lenient``, reads as the floor.
     """
 
     name: str
@@ -42,12 +44,12 @@ FEATURES: tuple[Column, ...] = (
     Column("C_h", "feature", "log10 (dimensionless)", "halo NFW concentration", (-1.0, 3.0),
            ("log_c", "logc", "concentration_log")),
     Column("S_h", "feature", "dimensionless", "halo Bullock spin parameter", (0.0, 2.0),
-           ("spin", "lambda", "spin_bullock"), log_floor=1e-4),
+           ("spin", "lambda", "spin_bullock"), log_floor=1e-5),
     Column("z_h", "feature", "redshift", "halo formation (half-mass) redshift", (0.0, 20.0),
-           ("z_form", "zform", "formation_redshift"), log_floor=1e-2),
+           ("z_form", "zform", "formation_redshift"), log_floor=1e-3),
     Column("Delta3_h", "feature", "dimensionless",
            "subhalo number density within 3 Mpc/h divided by the mean number density",
-           (0.0, 1.0e4), ("delta3", "delta_3", "overdensity_3mpc"), log_floor=1e-2),
+           (0.0, 1.0e4), ("delta3", "delta_3", "overdensity_3mpc"), log_floor=1e-3),
 )
 
 TARGETS: tuple[Column, ...] = (
