@@ -21,16 +21,17 @@ the pipeline passes the schema's: spin, formation redshift, Delta3) are taken as
 quantities scatter log-normally, so raw they put most haloes in a narrow range and a long upper tail
 many standard deviations out, and a tanh unit has to spend its curvature on undoing that; on the
 built-in catalog logs fit a better validation NLL in every one of eight fits (figures in
-``bench/README.md``).  Targets are standardized with the training rows' mean and standard deviation.  The network outputs, per component,
-a logit, a mean [D] and a Cholesky factor L [D, D] (lower triangular; diagonal softplus(raw) + floor
-so that covariances stay positive definite and no component can collapse onto a few rows).  It is
-trained on the negative log-likelihood (log-sum-exp over components, triangular solve) with Adam,
-mini-batches, gradient-norm clipping, a seeded initialization and shuffling
-(``keras.utils.set_random_seed``), a learning rate halved on validation plateaus, and early stopping
-on the validation NLL with the best weights restored.  The number of components K and the width are
-chosen on the validation NLL over a small search (``SEARCHES``; ties within ``TIE_NATS`` go to the
-candidate with more components, then the wider: the NLL averages over every galaxy and barely weighs
-the shape of a population's tail, which is what a painted catalog is for).
+``bench/README.md``).  Targets are standardized with the training rows' mean and standard deviation.
+The network outputs, per component, a logit, a mean [D] and a Cholesky factor L [D, D] (lower
+triangular; diagonal softplus(raw) + floor so that covariances stay positive definite and no
+component can collapse onto a few rows).  It is trained on the negative log-likelihood (log-sum-exp
+over components, triangular solve) with Adam, mini-batches, gradient-norm clipping, a seeded
+initialization and shuffling (``keras.utils.set_random_seed``), a learning rate halved on validation
+plateaus, and early stopping on the validation NLL with the best weights restored.  The number of
+components K and the width are chosen on the validation NLL over a small search (``SEARCHES``; ties
+within ``TIE_NATS`` go to the candidate with more components, then the wider: the NLL averages over
+every galaxy and barely weighs the shape of a population's tail, which is what a painted catalog is
+for).
 
 Output.  ``distribution(X)`` returns, in the targets' schema units (log10 Msun/h, log10 h/yr,
 log10 kpc/h, mag): ``weights`` [N, K] (summing to 1), ``means`` [N, K, D] and ``chol`` [N, K, D, D]
@@ -433,9 +434,10 @@ def sampler_graph(model: MixtureDensityNetwork, feature_mean=None, feature_scale
     """ONE ONNX graph of the fitted model: ``halo_features`` double [N, F] (schema units) ->
     ``weights`` [N, K], ``means`` [N, K, D], ``chol`` [N, K, D, D], all double, in target units.
 
-    The graph applies the model's own feature transform (logs, standardization).  ``feature_mean``/``feature_scale``
-    are only for a model fitted on already-standardized features: the graph then applies that
-    standardization first (raw -> model input), so its input stays in schema units.
+    The graph applies the model's own feature transform (logs, standardization).
+    ``feature_mean``/``feature_scale`` are only for a model fitted on already-standardized features
+    (without ``log_floors``): the graph then applies that standardization first (raw -> model input),
+    so its input stays in schema units.
     """
     model._check_fitted()
     if (feature_mean is not None or feature_scale is not None) and model.log_columns_.any():
